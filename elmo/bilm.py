@@ -1,0 +1,108 @@
+"""The bidirectional recurrent stack of ELMo (Peters et al. 2018, sec. 3.1 and 3.4).
+
+Two independent stacks of ``n_layers`` projected LSTMs read the sentence left-to-right and
+right-to-left. With ``use_skip_connections`` the output of every layer above the first is its LSTM
+output plus its input (a residual connection, as the original's ``ResidualWrapper``). Each layer's
+ELMo representation is [forward_k; backward_k].
+
+The backward stack runs on each row reversed within its own length, so it is the same packed
+left-to-right loop as the forward stack, and rows never see their padding. State is per row and
+per (layer, direction): ``BiLMState = [(fwd (h, c), bwd (h, c)) for each layer]``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from elmo.config import BiLMConfig
+from elmo.lstm import LstmProjection, batch_sizes_from_lengths
+
+BiLMState = list  # list[tuple[State, State]], one (forward, backward) pair per layer
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row of a time-major (T, B, D) tensor within its own length.
+
+    Positions past a row's length stay where they are; applying it twice is the identity.
+    """
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    lengths = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    index = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+class BiLM(nn.Module):
+    def __init__(self, config: BiLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        P, H = config.projection_dim, config.dim
+
+        def make() -> nn.ModuleList:
+            return nn.ModuleList(LstmProjection(P, H, P, config.cell_clip, config.proj_clip)
+                                 for _ in range(config.n_layers))
+
+        self.forward_layers, self.backward_layers = make(), make()
+        # A fixed initial state (all rows, every batch). Zeros = the original's cold start; a
+        # "warm" state computed from text can be stored here and is saved with the model.
+        self.register_buffer("initial_h", torch.zeros(config.n_layers, 2, P))
+        self.register_buffer("initial_c", torch.zeros(config.n_layers, 2, H))
+
+    def default_state(self, batch: int) -> BiLMState:
+        h, c = self.initial_h.float(), self.initial_c.float()
+        return [tuple((h[k, d].expand(batch, -1), c[k, d].expand(batch, -1)) for d in range(2))
+                for k in range(self.config.n_layers)]
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, state: Optional[BiLMState] = None,
+                dropout: float = 0.0) -> tuple[list[torch.Tensor], BiLMState]:
+        """inputs (B, T, P), mask (B, T) with each row's real positions first.
+
+        Returns ``n_layers`` tensors (B, T, 2P) (zero at padding; float32) and the final state of
+        every row, in the rows' input order. ``dropout`` applies to each layer's input in training.
+        """
+        B, T, P = inputs.shape
+        lengths = mask.long().sum(-1)  # (B,)
+        lengths_sorted, order = torch.sort(lengths, descending=True, stable=True)
+        unsort = torch.empty_like(order)
+        unsort[order] = torch.arange(B, device=order.device)
+        batch_sizes = batch_sizes_from_lengths(lengths_sorted.tolist())
+        if len(batch_sizes) < T:  # trailing all-padding positions
+            batch_sizes += [0] * (T - len(batch_sizes))
+        if state is None:
+            state = self.default_state(B)
+
+        x = inputs.index_select(0, order).transpose(0, 1)  # (T, B, P), time-major, sorted
+        x_fwd, x_bwd = x, reverse_padded(x, lengths_sorted)
+        layers, final = [], []
+        for k in range(self.config.n_layers):
+            outs, finals = [], []
+            for d, (layer, x_in) in enumerate(((self.forward_layers[k], x_fwd),
+                                               (self.backward_layers[k], x_bwd))):
+                h0, c0 = state[k][d]
+                sorted_state = (h0.index_select(0, order), c0.index_select(0, order))
+                if dropout > 0 and self.training:
+                    x_in = nn.functional.dropout(x_in, dropout, training=True)
+                out, (h, c) = layer(x_in, batch_sizes, sorted_state)  # (T, B, P)
+                if self.config.use_skip_connections and k > 0:
+                    out = out + x_in  # residual (on the dropped-out input, as the original)
+                outs.append(out)
+                finals.append((h.index_select(0, unsort), c.index_select(0, unsort)))
+            x_fwd, x_bwd = outs
+            both = torch.cat([x_fwd, reverse_padded(x_bwd, lengths_sorted)], dim=-1)  # (T, B, 2P)
+            layer_out = both.transpose(0, 1).index_select(0, unsort)  # (B, T, 2P)
+            layers.append(layer_out * mask.unsqueeze(-1).to(layer_out.dtype))
+            final.append(tuple(finals))
+        return layers, final
+
+
+def detach_state(state: BiLMState) -> BiLMState:
+    """The same state cut from the autograd graph (for truncated back-propagation)."""
+    return [tuple((h.detach(), c.detach()) for h, c in pair) for pair in state]
+
+
+def select_rows(state: BiLMState, rows: torch.Tensor) -> BiLMState:
+    return [tuple((h.index_select(0, rows), c.index_select(0, rows)) for h, c in pair)
+            for pair in state]

@@ -1,0 +1,87 @@
+"""The character encoder of ELMo (Peters et al. 2018, sec. 3.4; Kim et al. 2016).
+
+char ids (B, T, C) -> char embedding (B, T, C, e) -> convolutions of several widths over the C
+characters, max-pooled over positions and passed through the activation -> highway layers ->
+linear projection to the biLM's input size P. Only real tokens (char id row not all zero) are
+encoded; padding positions come out as zeros and cost nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from elmo.config import CharCNNConfig
+
+
+class Highway(nn.Module):
+    """``y = t * f(x W_t + b_t) + (1 - t) * x`` with the gate ``t = sigmoid(x W_c + b_c)``.
+
+    This is the formula the original TF code computes (it calls ``t`` the carry gate). Both
+    products share one ``Linear(d, 2d)``: the first half is the transform, the second the gate.
+    """
+
+    def __init__(self, dim: int, num_layers: int, activation: str = "relu") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in range(num_layers))
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, dim) -> (N, dim)."""
+        act = torch.relu if self.activation == "relu" else torch.tanh
+        for layer in self.layers:
+            transform, gate = layer(x).chunk(2, dim=-1)  # (N, dim) each
+            gate = torch.sigmoid(gate)
+            x = gate * act(transform) + (1 - gate) * x
+        return x
+
+
+class CharCNN(nn.Module):
+    """Token character ids -> one vector per token of size ``output_dim``."""
+
+    def __init__(self, config: CharCNNConfig, output_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.output_dim = output_dim
+        # Row 0 is the "no token" id: kept at zero and never trained.
+        self.char_embedding = nn.Embedding(config.n_characters, config.embedding_dim, padding_idx=0)
+        self.convolutions = nn.ModuleList(
+            nn.Conv1d(config.embedding_dim, count, kernel_size=width) for width, count in config.filters)
+        self.highway = Highway(config.n_filters, config.n_highway, config.activation)
+        self.projection = nn.Linear(config.n_filters, output_dim)
+
+    def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """char_ids (N, C) of real tokens -> (N, output_dim)."""
+        x = self.char_embedding(char_ids).transpose(1, 2)  # (N, e, C)
+        pooled = []
+        for conv in self.convolutions:
+            pooled.append(conv(x).amax(dim=-1))  # (N, count): max over character positions
+        x = torch.cat(pooled, dim=-1)  # (N, n_filters)
+        # The activation commutes with the max (both relu and tanh are monotone), so applying
+        # it after pooling equals the original's conv -> activation -> max.
+        x = torch.relu(x) if self.config.activation == "relu" else torch.tanh(x)
+        x = self.highway(x)
+        return self.projection(x)  # (N, output_dim)
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding."""
+        if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.max_characters_per_token:
+            raise ValueError(f"char_ids must be (batch, tokens, {self.config.max_characters_per_token}), "
+                             f"got {tuple(char_ids.shape)}")
+        B, T, C = char_ids.shape
+        flat = char_ids.reshape(B * T, C)
+        real = (flat > 0).any(dim=-1)  # (B*T,)
+        out = flat.new_zeros((B * T, self.output_dim), dtype=self.projection.weight.dtype)
+        if bool(real.all()):
+            out = self.encode_tokens(flat)
+        elif bool(real.any()):
+            out = out.index_put((real.nonzero().squeeze(1),), self.encode_tokens(flat[real]))
+        return out.reshape(B, T, self.output_dim)
+
+
+def check_char_ids(char_ids: torch.Tensor, n_characters: int) -> None:
+    """Raise a clear error for ids outside the embedding table (instead of an index error)."""
+    if char_ids.numel() and (int(char_ids.max()) >= n_characters or int(char_ids.min()) < 0):
+        raise ValueError(f"char_ids must lie in [0, {n_characters}), found values in "
+                         f"[{int(char_ids.min())}, {int(char_ids.max())}]; build them with "
+                         "elmo.batch_to_ids")

@@ -1,0 +1,217 @@
+"""Model configuration: plain dataclasses, saved as JSON, convertible to the original options.json.
+
+``ElmoConfig`` nests one dataclass per component. Loading rejects unknown keys and lists the valid
+ones, so a typo in a config file is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from elmo.chars import MAX_CHARACTERS_PER_TOKEN, NUM_CHARACTER_IDS
+
+ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass
+class CharCNNConfig:
+    """Character encoder: embedding -> convolutions (max-pool, activation) -> highway -> projection."""
+
+    embedding_dim: int = 16
+    filters: list = field(default_factory=lambda: [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256],
+                                                   [6, 512], [7, 1024]])
+    n_highway: int = 2
+    activation: str = "relu"
+    n_characters: int = NUM_CHARACTER_IDS
+    max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN
+
+    def __post_init__(self) -> None:
+        _positive(self, "embedding_dim", "n_characters", "max_characters_per_token")
+        if self.n_highway < 0:
+            raise ValueError(f"char_cnn.n_highway must be >= 0, got {self.n_highway}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"char_cnn.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.filters:
+            raise ValueError("char_cnn.filters must list at least one [width, count] pair")
+        filters = []
+        for f in self.filters:
+            if len(f) != 2 or int(f[0]) < 1 or int(f[1]) < 1:
+                raise ValueError(f"char_cnn.filters entries must be [width >= 1, count >= 1], got {f!r}")
+            if int(f[0]) > self.max_characters_per_token:
+                raise ValueError(f"char_cnn.filters width {f[0]} exceeds max_characters_per_token "
+                                 f"{self.max_characters_per_token}")
+            filters.append([int(f[0]), int(f[1])])
+        self.filters = filters
+        if self.n_characters < NUM_CHARACTER_IDS - 1:
+            raise ValueError(f"char_cnn.n_characters must be >= {NUM_CHARACTER_IDS - 1} (bytes + "
+                             f"5 special characters), got {self.n_characters}")
+
+    @property
+    def n_filters(self) -> int:
+        return sum(n for _, n in self.filters)
+
+
+@dataclass
+class BiLMConfig:
+    """The bidirectional recurrent stack: ``n_layers`` layers per direction."""
+
+    dim: int = 4096                 # LSTM cell (memory) size
+    projection_dim: int = 512       # size of each layer's output per direction (and of the char encoder)
+    n_layers: int = 2
+    cell_clip: Optional[float] = 3.0
+    proj_clip: Optional[float] = 3.0
+    use_skip_connections: bool = True  # layer k >= 1 output += its input (residual)
+
+    def __post_init__(self) -> None:
+        _positive(self, "dim", "projection_dim", "n_layers")
+        for name in ("cell_clip", "proj_clip"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"bilm.{name} must be positive or null (no clipping), got {value}")
+
+
+@dataclass
+class ElmoConfig:
+    char_cnn: CharCNNConfig = field(default_factory=CharCNNConfig)
+    bilm: BiLMConfig = field(default_factory=BiLMConfig)
+
+    @property
+    def output_dim(self) -> int:
+        """Size of every ELMo layer: forward and backward concatenated."""
+        return 2 * self.bilm.projection_dim
+
+    @property
+    def num_layers(self) -> int:
+        """Number of ELMo layers: the character layer plus one per biLM layer."""
+        return self.bilm.n_layers + 1
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ElmoConfig":
+        return _from_dict(cls, data, "")
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ElmoConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    # -- the original options.json ------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: dict) -> "ElmoConfig":
+        """Build from the original ``options.json`` schema ({"lstm": ..., "char_cnn": ...})."""
+        try:
+            lstm, cnn = options["lstm"], options["char_cnn"]
+            return cls(
+                char_cnn=CharCNNConfig(
+                    embedding_dim=cnn["embedding"]["dim"],
+                    filters=cnn["filters"],
+                    n_highway=cnn["n_highway"],
+                    activation=cnn.get("activation", "relu"),
+                    # Training-time options say 261 (ids unshifted); the +1-shifted ids need 262.
+                    n_characters=max(int(cnn.get("n_characters", NUM_CHARACTER_IDS)), NUM_CHARACTER_IDS),
+                    max_characters_per_token=cnn.get("max_characters_per_token",
+                                                     MAX_CHARACTERS_PER_TOKEN),
+                ),
+                bilm=BiLMConfig(
+                    dim=lstm["dim"] if "dim" in lstm else lstm["projection_dim"],
+                    projection_dim=lstm["projection_dim"],
+                    n_layers=lstm.get("n_layers", 2),
+                    cell_clip=lstm.get("cell_clip"),
+                    proj_clip=lstm.get("proj_clip"),
+                    use_skip_connections=lstm.get("use_skip_connections", False),
+                ),
+            )
+        except KeyError as e:
+            raise ValueError(f"options.json is missing the key {e}; expected the original schema "
+                             '{"lstm": {"dim", "projection_dim", ...}, "char_cnn": {"embedding": '
+                             '{"dim"}, "filters", "n_highway", ...}}') from None
+
+    def to_options(self) -> dict:
+        """The original ``options.json`` dictionary for this configuration."""
+        c, b = self.char_cnn, self.bilm
+        return {
+            "lstm": {"dim": b.dim, "projection_dim": b.projection_dim, "n_layers": b.n_layers,
+                     "cell_clip": b.cell_clip, "proj_clip": b.proj_clip,
+                     "use_skip_connections": b.use_skip_connections},
+            "char_cnn": {"activation": c.activation, "embedding": {"dim": c.embedding_dim},
+                         "filters": copy.deepcopy(c.filters), "n_highway": c.n_highway,
+                         "n_characters": c.n_characters,
+                         "max_characters_per_token": c.max_characters_per_token},
+        }
+
+
+def _sizes(dim: int, proj: int, filters: list, n_highway: int, emb: int = 16) -> ElmoConfig:
+    return ElmoConfig(CharCNNConfig(embedding_dim=emb, filters=filters, n_highway=n_highway),
+                      BiLMConfig(dim=dim, projection_dim=proj))
+
+
+_SMALL_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
+PRESETS = {
+    # The released sizes (elmo_2x{dim}_{proj}_2048cnn_{n}xhighway).
+    "original": lambda: _sizes(4096, 512, _SMALL_FILTERS, 2),
+    "medium": lambda: _sizes(2048, 256, _SMALL_FILTERS, 1),
+    "small": lambda: _sizes(1024, 128, _SMALL_FILTERS, 1),
+    # Trains on two CPU cores in minutes.
+    "tiny": lambda: _sizes(512, 64, [[1, 32], [2, 32], [3, 64], [4, 128], [5, 128]], 1, emb=16),
+}
+
+
+def preset(name: str) -> ElmoConfig:
+    """A fresh ``ElmoConfig`` for a named size: original, medium, small or tiny."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config{where or ''}: expected a JSON object for {cls.__name__}, "
+                         f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"config{where}: unknown key(s) {unknown} for {cls.__name__}; "
+                         f"valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+_DATACLASSES = {"CharCNNConfig": CharCNNConfig, "BiLMConfig": BiLMConfig, "ElmoConfig": ElmoConfig}
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves no half file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,247 @@
+"""ELMo: deep contextualized word representations (Peters et al. 2018).
+
+Data flow, with shapes (B sentences, T tokens, C = 50 characters, P = projection size):
+
+    list[list[str]] --batch_to_ids--> char ids (B, T, C)
+      --add <S>, </S>-->               (B, T+2, C)
+      --CharCNN-->                     token vectors (B, T+2, P)
+      --BiLM (n_layers x fwd/bwd)-->   n_layers tensors (B, T+2, 2P)
+    layers = [char; char] + BiLM layers: L+1 tensors (B, T+2, 2P)
+      --strip <S>, </S>-->             L+1 tensors (B, T, 2P), mask (B, T)
+      --ScalarMix (one per task)-->    (B, T, 2P)
+
+``ElmoBiLM`` is the pretrained part (char encoder + biLM) and is what weight files hold.
+``Elmo`` adds dropout and any number of learned scalar mixes on top, for task models.
+A checkpoint of ours is a directory with ``elmo_config.json`` and ``elmo_weights.pt`` (a
+``state_dict``); the original format is ``options.json`` + ``weights.hdf5`` (see ``weights.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from elmo.bilm import BiLM, BiLMState, detach_state
+from elmo.char_cnn import CharCNN, check_char_ids
+from elmo.chars import bos_eos_char_ids
+from elmo.config import ElmoConfig
+from elmo.scalar_mix import ScalarMix
+
+CONFIG_NAME = "elmo_config.json"
+WEIGHTS_NAME = "elmo_weights.pt"
+
+
+class BiLMOutput(NamedTuple):
+    layers: list  # L+1 tensors (B, T+2, 2P): [char; char], then each biLM layer [fwd; bwd]
+    mask: torch.Tensor  # (B, T+2) bool, True at <S>, the tokens and </S>
+    state: BiLMState  # final state of every row (see elmo.bilm)
+
+
+class ElmoOutput(NamedTuple):
+    representations: list  # one (B, T, 2P) tensor per requested scalar mix
+    mask: torch.Tensor  # (B, T) bool
+    layers: list  # the L+1 unmixed layers (B, T, 2P)
+
+
+def add_sentence_boundaries(char_ids: torch.Tensor, bos: torch.Tensor, eos: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) ids -> (B, T+2, C) with <S> before and </S> after each row's tokens; mask (B, T+2)."""
+    B, T, C = char_ids.shape
+    lengths = (char_ids > 0).any(-1).sum(-1)  # (B,)
+    out = char_ids.new_zeros((B, T + 2, C))
+    out[:, 1 : T + 1] = char_ids
+    out[:, 0] = bos
+    out[torch.arange(B, device=char_ids.device), lengths + 1] = eos
+    mask = torch.arange(T + 2, device=char_ids.device).unsqueeze(0) < (lengths + 2).unsqueeze(1)
+    return out, mask
+
+
+def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+2, D) with boundaries, mask (B, T+2) -> (B, T, D), mask (B, T)."""
+    lengths = mask.long().sum(-1) - 2  # (B,)
+    T = x.shape[1] - 2
+    new_mask = torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return x[:, 1:-1] * new_mask.unsqueeze(-1).to(x.dtype), new_mask
+
+
+class ElmoBiLM(nn.Module):
+    """Character encoder + bidirectional LM: char ids -> the L+1 ELMo layers.
+
+    Stateless by default: every batch starts from the model's fixed initial state (zeros unless a
+    warm state was stored), so a sentence's layers do not depend on its batch. With
+    ``stateful = True`` each row starts from the final state of the same row in the previous batch,
+    as the original did; ``reset_states()`` forgets it.
+    """
+
+    def __init__(self, config: ElmoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.char_cnn = CharCNN(config.char_cnn, config.bilm.projection_dim)
+        self.bilm = BiLM(config.bilm)
+        bos, eos = bos_eos_char_ids(config.char_cnn.max_characters_per_token)
+        self.register_buffer("bos_ids", torch.from_numpy(bos.copy()), persistent=False)
+        self.register_buffer("eos_ids", torch.from_numpy(eos.copy()), persistent=False)
+        self.stateful = False
+        self._state: Optional[BiLMState] = None
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.output_dim
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def reset_states(self) -> None:
+        """Forget the carried state of ``stateful`` mode."""
+        self._state = None
+
+    def forward(self, char_ids: torch.Tensor, state: Optional[BiLMState] = None,
+                add_boundaries: bool = True, dropout: float = 0.0) -> BiLMOutput:
+        """char_ids (B, T, C) from ``batch_to_ids`` -> ``BiLMOutput`` with T+2 positions.
+
+        ``state`` overrides the initial state (rows in batch order); ``add_boundaries=False`` takes
+        ids that already hold their sentence tokens (pretraining windows). ``dropout`` is applied
+        to each biLM layer's input in training mode.
+        """
+        if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.char_cnn.max_characters_per_token:
+            raise ValueError(f"char_ids must be (batch, tokens, "
+                             f"{self.config.char_cnn.max_characters_per_token}), got {tuple(char_ids.shape)}; "
+                             "build them with elmo.batch_to_ids")
+        check_char_ids(char_ids, self.config.char_cnn.n_characters)
+        if add_boundaries:
+            char_ids, mask = add_sentence_boundaries(char_ids, self.bos_ids, self.eos_ids)
+        else:
+            mask = (char_ids > 0).any(-1)
+        B = char_ids.shape[0]
+        if state is None and self.stateful:
+            state = self._carried_state(B)
+        tokens = self.char_cnn(char_ids)  # (B, T+2, P)
+        bilm_layers, final = self.bilm(tokens, mask, state, dropout=dropout)
+        if self.stateful:
+            self._store_state(final)
+        layers = [torch.cat([tokens, tokens], dim=-1).float()] + bilm_layers
+        return BiLMOutput(layers, mask, final)
+
+    # -- stateful mode ------------------------------------------------------------------------
+    def _carried_state(self, batch: int) -> BiLMState:
+        default = self.bilm.default_state(batch)
+        if self._state is None:
+            return default
+        n = min(batch, self._state[0][0][0].shape[0])
+        return [tuple((torch.cat([h[:n], h0[n:]]), torch.cat([c[:n], c0[n:]]))
+                      for (h, c), (h0, c0) in zip(pair, pair0))
+                for pair, pair0 in zip(self._state, default)]
+
+    def _store_state(self, final: BiLMState) -> None:
+        final = detach_state(final)
+        if self._state is None or self._state[0][0][0].shape[0] <= final[0][0][0].shape[0]:
+            self._state = final
+            return
+        # A smaller batch updates its rows and leaves the others as they were (the original's rule).
+        n = final[0][0][0].shape[0]
+        self._state = [tuple((torch.cat([h[:n], h_old[n:]]), torch.cat([c[:n], c_old[n:]]))
+                             for (h, c), (h_old, c_old) in zip(pair, pair_old))
+                       for pair, pair_old in zip(final, self._state)]
+
+    @torch.no_grad()
+    def set_warm_state(self, char_ids: torch.Tensor) -> None:
+        """Store a fixed initial state: the final state after reading ``char_ids`` (1, T, C) in order.
+
+        Every later batch (stateless mode) starts from it: still deterministic, but not cold.
+        Pass one long row (e.g. a few sentences with their <S>/</S> tokens) and
+        ``add_boundaries`` is not applied. The state is saved with the model.
+        """
+        if char_ids.dim() != 3 or char_ids.shape[0] != 1:
+            raise ValueError(f"set_warm_state expects char ids of one row (1, T, C), got {tuple(char_ids.shape)}")
+        was_training, stateful = self.training, self.stateful
+        self.eval()
+        self.stateful = False
+        try:
+            zero = [tuple((torch.zeros_like(h), torch.zeros_like(c)) for h, c in pair)
+                    for pair in self.bilm.default_state(1)]
+            final = self(char_ids, state=zero, add_boundaries=False).state
+        finally:
+            self.train(was_training)
+            self.stateful = stateful
+        for k, pair in enumerate(final):
+            for d, (h, c) in enumerate(pair):
+                self.bilm.initial_h[k, d] = h[0]
+                self.bilm.initial_c[k, d] = c[0]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``elmo_config.json`` and ``elmo_weights.pt`` (each atomically) into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        self.config.save(os.path.join(directory, CONFIG_NAME))
+        path = os.path.join(directory, WEIGHTS_NAME)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+                        ) -> "ElmoBiLM":
+        """Load a model directory: ours (elmo_config.json + elmo_weights.pt) or the original
+        format (options.json + weights.hdf5 / a single *.hdf5)."""
+        from elmo.weights import find_original_files, load_original
+
+        config_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(config_path):
+            original = find_original_files(directory)
+            if original is None:
+                raise FileNotFoundError(
+                    f"{directory}: no model found; expected {CONFIG_NAME} + {WEIGHTS_NAME} (this "
+                    "package's format) or options.json + a weights .hdf5 file (the original format)")
+            return load_original(*original)
+        model = cls(ElmoConfig.load(config_path))
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{directory}: {CONFIG_NAME} is there but {WEIGHTS_NAME} is missing")
+        state = torch.load(weights, map_location=map_location, weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return model
+
+
+class Elmo(nn.Module):
+    """ELMo for task models: the biLM plus ``num_output_representations`` learned scalar mixes.
+
+    ``requires_grad=False`` (the default) freezes the biLM; the mixes always train.
+    ``keep_sentence_boundaries=True`` keeps the <S>/</S> positions in the outputs.
+    """
+
+    def __init__(self, bilm: ElmoBiLM, num_output_representations: int = 1, dropout: float = 0.5,
+                 requires_grad: bool = False, do_layer_norm: bool = False,
+                 keep_sentence_boundaries: bool = False,
+                 scalar_mix_parameters: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        self.bilm = bilm
+        self.keep_sentence_boundaries = keep_sentence_boundaries
+        self.dropout = nn.Dropout(dropout)
+        for p in self.bilm.parameters():
+            p.requires_grad_(requires_grad)
+        self.scalar_mixes = nn.ModuleList(
+            ScalarMix(bilm.num_layers, do_layer_norm=do_layer_norm,
+                      initial_weights=scalar_mix_parameters,
+                      trainable=scalar_mix_parameters is None)
+            for _ in range(num_output_representations))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **kwargs) -> "Elmo":
+        return cls(ElmoBiLM.from_pretrained(directory), **kwargs)
+
+    def get_output_dim(self) -> int:
+        return self.bilm.output_dim
+
+    def forward(self, char_ids: torch.Tensor) -> ElmoOutput:
+        """char_ids (B, T, C) -> ``ElmoOutput``: mixes (B, T, 2P) each, mask (B, T), layers."""
+        out = self.bilm(char_ids)
+        layers, mask = out.layers, out.mask
+        if not self.keep_sentence_boundaries:
+            stripped = [remove_sentence_boundaries(layer, mask) for layer in layers]
+            layers, mask = [x for x, _ in stripped], stripped[0][1]
+        reps = [self.dropout(mix(layers, mask)) for mix in self.scalar_mixes]
+        return ElmoOutput(reps, mask, layers)
