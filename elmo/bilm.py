@@ -7,7 +7,8 @@ ELMo representation is [forward_k; backward_k].
 
 The backward stack runs on each row reversed within its own length, so it is the same packed
 left-to-right loop as the forward stack, and rows never see their padding. State is per row and
-per (layer, direction): ``BiLMState = [(fwd (h, c), bwd (h, c)) for each layer]``.
+per (layer, direction): ``BiLMState = [(fwd_state, bwd_state) for each layer]`` where a layer's
+state is a tuple of (B, size) tensors; for the LSTM it is (h (B, P), c (B, H)).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from elmo.config import BiLMConfig
 from elmo.lstm import LstmProjection, batch_sizes_from_lengths
 
-BiLMState = list  # list[tuple[State, State]], one (forward, backward) pair per layer
+BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -46,15 +47,17 @@ class BiLM(nn.Module):
                                  for _ in range(config.n_layers))
 
         self.forward_layers, self.backward_layers = make(), make()
-        # A fixed initial state (all rows, every batch). Zeros = the original's cold start; a
-        # "warm" state computed from text can be stored here and is saved with the model.
-        self.register_buffer("initial_h", torch.zeros(config.n_layers, 2, P))
-        self.register_buffer("initial_c", torch.zeros(config.n_layers, 2, H))
 
     def default_state(self, batch: int) -> BiLMState:
-        h, c = self.initial_h.float(), self.initial_c.float()
-        return [tuple((h[k, d].expand(batch, -1), c[k, d].expand(batch, -1)) for d in range(2))
-                for k in range(self.config.n_layers)]
+        """Every layer's stored initial state (zeros unless a warm state was set), ``batch`` rows."""
+        return [(f.initial_state(batch), b.initial_state(batch))
+                for f, b in zip(self.forward_layers, self.backward_layers)]
+
+    def set_initial_state(self, state: BiLMState, row: int = 0) -> None:
+        """Make row ``row`` of ``state`` the initial state of every future row."""
+        for (f, b), pair in zip(zip(self.forward_layers, self.backward_layers), state):
+            for layer, st in zip((f, b), pair):
+                layer.set_initial_state(tuple(x[row] for x in st))
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, state: Optional[BiLMState] = None,
                 dropout: float = 0.0) -> tuple[list[torch.Tensor], BiLMState]:
@@ -81,15 +84,14 @@ class BiLM(nn.Module):
             outs, finals = [], []
             for d, (layer, x_in) in enumerate(((self.forward_layers[k], x_fwd),
                                                (self.backward_layers[k], x_bwd))):
-                h0, c0 = state[k][d]
-                sorted_state = (h0.index_select(0, order), c0.index_select(0, order))
+                sorted_state = tuple(x.index_select(0, order) for x in state[k][d])
                 if dropout > 0 and self.training:
                     x_in = nn.functional.dropout(x_in, dropout, training=True)
-                out, (h, c) = layer(x_in, batch_sizes, sorted_state)  # (T, B, P)
+                out, last = layer(x_in, batch_sizes, sorted_state)  # (T, B, P)
                 if self.config.use_skip_connections and k > 0:
                     out = out + x_in  # residual (on the dropped-out input, as the original)
                 outs.append(out)
-                finals.append((h.index_select(0, unsort), c.index_select(0, unsort)))
+                finals.append(tuple(x.index_select(0, unsort) for x in last))
             x_fwd, x_bwd = outs
             both = torch.cat([x_fwd, reverse_padded(x_bwd, lengths_sorted)], dim=-1)  # (T, B, 2P)
             layer_out = both.transpose(0, 1).index_select(0, unsort)  # (B, T, 2P)
@@ -100,9 +102,9 @@ class BiLM(nn.Module):
 
 def detach_state(state: BiLMState) -> BiLMState:
     """The same state cut from the autograd graph (for truncated back-propagation)."""
-    return [tuple((h.detach(), c.detach()) for h, c in pair) for pair in state]
+    return [tuple(tuple(x.detach() for x in st) for st in pair) for pair in state]
 
 
-def select_rows(state: BiLMState, rows: torch.Tensor) -> BiLMState:
-    return [tuple((h.index_select(0, rows), c.index_select(0, rows)) for h, c in pair)
-            for pair in state]
+def map_state(fn, *states: BiLMState) -> BiLMState:
+    """Apply ``fn`` to corresponding tensors of one or more states (same structure)."""
+    return [tuple(tuple(fn(*xs) for xs in zip(*sts)) for sts in zip(*pairs)) for pairs in zip(*states)]

@@ -40,6 +40,10 @@ class LstmProjection(nn.Module):
         self.input_linear = nn.Linear(input_dim, 4 * hidden_dim, bias=True)
         self.state_linear = nn.Linear(projection_dim, 4 * hidden_dim, bias=False)
         self.projection = nn.Linear(hidden_dim, projection_dim, bias=False)
+        # The state every row starts from unless given one: zeros (the original's cold start) or a
+        # fixed "warm" state stored with the model (see ElmoBiLM.set_warm_state).
+        self.register_buffer("initial_h", torch.zeros(projection_dim))
+        self.register_buffer("initial_c", torch.zeros(hidden_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -49,9 +53,15 @@ class LstmProjection(nn.Module):
             self.input_linear.bias.zero_()
             self.input_linear.bias[self.hidden_dim : 2 * self.hidden_dim] = 1.0  # forget gate
 
-    def zero_state(self, batch: int, device: torch.device) -> State:
-        return (torch.zeros(batch, self.projection_dim, device=device),
-                torch.zeros(batch, self.hidden_dim, device=device))
+    def initial_state(self, batch: int) -> State:
+        """The stored initial state, broadcast to ``batch`` rows (float32)."""
+        return (self.initial_h.float().expand(batch, -1), self.initial_c.float().expand(batch, -1))
+
+    @torch.no_grad()
+    def set_initial_state(self, state: State) -> None:
+        """Store one row's state, e.g. ``(h[0], c[0])``, as the initial state of every row."""
+        self.initial_h.copy_(state[0].reshape(-1))
+        self.initial_c.copy_(state[1].reshape(-1))
 
     def forward(self, inputs: torch.Tensor, batch_sizes: Sequence[int],
                 state: Optional[State] = None) -> tuple[torch.Tensor, State]:
@@ -59,14 +69,14 @@ class LstmProjection(nn.Module):
 
         inputs: (T, B, input_dim), time-major, rows sorted by length (longest first).
         batch_sizes: T non-increasing ints; rows ``>= batch_sizes[t]`` have ended before step t.
-        state: initial (h (B, P), c (B, H)) or None for zeros.
+        state: initial (h (B, P), c (B, H)) or None for ``initial_state``.
         Returns outputs (T, B, P) (zero past each row's end; float32) and the final state of every
         row (its state after its own last step).
         """
         T, B, _ = inputs.shape
         H, P = self.hidden_dim, self.projection_dim
         if state is None:
-            state = self.zero_state(B, inputs.device)
+            state = self.initial_state(B)
         h, c = state[0].float(), state[1].float()
         if T == 0:
             return inputs.new_zeros((0, B, P), dtype=torch.float32), (h, c)

@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from elmo.bilm import BiLM, BiLMState, detach_state
+from elmo.bilm import BiLM, BiLMState, detach_state, map_state
 from elmo.char_cnn import CharCNN, check_char_ids
 from elmo.chars import bos_eos_char_ids
 from elmo.config import ElmoConfig
@@ -131,10 +131,8 @@ class ElmoBiLM(nn.Module):
         default = self.bilm.default_state(batch)
         if self._state is None:
             return default
-        n = min(batch, self._state[0][0][0].shape[0])
-        return [tuple((torch.cat([h[:n], h0[n:]]), torch.cat([c[:n], c0[n:]]))
-                      for (h, c), (h0, c0) in zip(pair, pair0))
-                for pair, pair0 in zip(self._state, default)]
+        # Rows beyond the carried ones (a larger batch than before) start from the default.
+        return map_state(lambda s, d: torch.cat([s[:batch], d[s.shape[0]:]]), self._state, default)
 
     def _store_state(self, final: BiLMState) -> None:
         final = detach_state(final)
@@ -142,10 +140,7 @@ class ElmoBiLM(nn.Module):
             self._state = final
             return
         # A smaller batch updates its rows and leaves the others as they were (the original's rule).
-        n = final[0][0][0].shape[0]
-        self._state = [tuple((torch.cat([h[:n], h_old[n:]]), torch.cat([c[:n], c_old[n:]]))
-                             for (h, c), (h_old, c_old) in zip(pair, pair_old))
-                       for pair, pair_old in zip(final, self._state)]
+        self._state = map_state(lambda new, old: torch.cat([new, old[new.shape[0]:]]), final, self._state)
 
     @torch.no_grad()
     def set_warm_state(self, char_ids: torch.Tensor) -> None:
@@ -161,16 +156,12 @@ class ElmoBiLM(nn.Module):
         self.eval()
         self.stateful = False
         try:
-            zero = [tuple((torch.zeros_like(h), torch.zeros_like(c)) for h, c in pair)
-                    for pair in self.bilm.default_state(1)]
+            zero = map_state(torch.zeros_like, self.bilm.default_state(1))
             final = self(char_ids, state=zero, add_boundaries=False).state
         finally:
             self.train(was_training)
             self.stateful = stateful
-        for k, pair in enumerate(final):
-            for d, (h, c) in enumerate(pair):
-                self.bilm.initial_h[k, d] = h[0]
-                self.bilm.initial_c[k, d] = c[0]
+        self.bilm.set_initial_state(final)
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
