@@ -13,7 +13,8 @@
     RNN_{d}/RNN/MultiRNNCell/Cell{l}/LSTMCell/W_P_0  (H, P)
     d = 0 forward, 1 backward.
 
-Our LSTM keeps gate blocks as (i, f, o, g) with the +1.0 inside the bias (see ``elmo.lstm``).
+Our LSTM keeps the (in, out) layout but orders gate blocks (i, f, o, g) and holds the +1.0 in the
+bias (see ``elmo.lstm``).
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def original_arrays_to_state_dict(config: ElmoConfig, read) -> dict:
             w = _reorder_gates(read(f"{pre}/W_0", (P + P, 4 * H)), _TF_TO_OURS, axis=1)
             bias = _reorder_gates(read(f"{pre}/B", (4 * H,)), _TF_TO_OURS, axis=0).copy()
             bias[H : 2 * H] += 1.0  # the forget bias TF adds at run time
-            sd[f"{ours}.input_linear.weight"] = w[:P].T
-            sd[f"{ours}.input_linear.bias"] = bias
-            sd[f"{ours}.state_linear.weight"] = w[P:].T
-            sd[f"{ours}.projection.weight"] = read(f"{pre}/W_P_0", (H, P)).T
+            sd[f"{ours}.input_weight"] = w[:P]
+            sd[f"{ours}.input_bias"] = bias
+            sd[f"{ours}.state_weight"] = w[P:]
+            sd[f"{ours}.projection_weight"] = read(f"{pre}/W_P_0", (H, P))
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in sd.items()}
 
 
@@ -95,12 +96,12 @@ def state_dict_to_original_arrays(model: ElmoBiLM) -> dict:
     for d, name in enumerate(("forward_layers", "backward_layers")):
         for layer in range(b.n_layers):
             pre, ours = _lstm_prefix(d, layer), f"bilm.{name}.{layer}"
-            w = np.concatenate([sd[f"{ours}.input_linear.weight"].T, sd[f"{ours}.state_linear.weight"].T])
-            bias = sd[f"{ours}.input_linear.bias"].copy()
+            w = np.concatenate([sd[f"{ours}.input_weight"], sd[f"{ours}.state_weight"]])
+            bias = sd[f"{ours}.input_bias"].copy()
             bias[H : 2 * H] -= 1.0
             out[f"{pre}/W_0"] = _reorder_gates(w, _OURS_TO_TF, axis=1)
             out[f"{pre}/B"] = _reorder_gates(bias, _OURS_TO_TF, axis=0)
-            out[f"{pre}/W_P_0"] = sd[f"{ours}.projection.weight"].T
+            out[f"{pre}/W_P_0"] = sd[f"{ours}.projection_weight"]
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
