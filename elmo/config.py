@@ -16,6 +16,9 @@ from typing import Any, Optional
 from elmo.chars import MAX_CHARACTERS_PER_TOKEN, NUM_CHARACTER_IDS
 
 ACTIVATIONS = ("relu", "tanh")
+# Recurrent cells of the biLM (see elmo.cells) and recurrent regularizers (elmo.cells.regularizers).
+CELLS = ("lstm", "elman", "jordan", "gru", "peephole", "cifg", "residual-lstm", "rhn", "sru", "qrnn")
+RECURRENT_DROPOUT_KINDS = ("variational", "semeniuta", "zoneout")
 
 
 @dataclass
@@ -66,13 +69,37 @@ class BiLMConfig:
     cell_clip: Optional[float] = 3.0
     proj_clip: Optional[float] = 3.0
     use_skip_connections: bool = True  # layer k >= 1 output += its input (residual)
+    # Beyond the original (elmo.cells); the defaults are the original LSTM, unchanged.
+    cell: str = "lstm"  # one of CELLS
+    recurrent_dropout_kind: Optional[str] = None  # one of RECURRENT_DROPOUT_KINDS, or None
+    recurrent_dropout: float = 0.0  # its rate (zoneout: the chance a unit keeps its old value)
+    transition_depth: int = 1  # non-linear steps from h_{t-1} to h_t (rhn: the recurrence depth)
+    input_skip_connections: bool = False  # layer k >= 1 input += the token layer (Graves 2013)
 
     def __post_init__(self) -> None:
-        _positive(self, "dim", "projection_dim", "n_layers")
+        _positive(self, "dim", "projection_dim", "n_layers", "transition_depth")
         for name in ("cell_clip", "proj_clip"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"bilm.{name} must be positive or null (no clipping), got {value}")
+        if self.cell not in CELLS:
+            raise ValueError(f"bilm.cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        kind = self.recurrent_dropout_kind
+        if kind is not None and kind not in RECURRENT_DROPOUT_KINDS:
+            raise ValueError(f"bilm.recurrent_dropout_kind must be one of "
+                             f"{', '.join(RECURRENT_DROPOUT_KINDS)} or null; got {kind!r}")
+        if not 0.0 <= self.recurrent_dropout < 1.0:
+            raise ValueError(f"bilm.recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
+        if kind is None and self.recurrent_dropout > 0:
+            raise ValueError(f"bilm.recurrent_dropout is {self.recurrent_dropout} but "
+                             "recurrent_dropout_kind is null; set recurrent_dropout_kind to one of "
+                             f"{', '.join(RECURRENT_DROPOUT_KINDS)}")
+        if kind == "semeniuta" and self.cell in ("elman", "jordan"):
+            raise ValueError(f"bilm.recurrent_dropout_kind 'semeniuta' drops the candidate update, "
+                             f"which the {self.cell} cell does not have; use variational or zoneout")
+        if self.transition_depth > 1 and self.cell in ("sru", "qrnn"):
+            raise ValueError(f"bilm.transition_depth must be 1 for the {self.cell} cell (its "
+                             f"recurrence is element-wise by design); got {self.transition_depth}")
 
 
 @dataclass
