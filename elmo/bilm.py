@@ -18,8 +18,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from elmo.cells import make_layer
 from elmo.config import BiLMConfig
-from elmo.lstm import LstmProjection, batch_sizes_from_lengths
+from elmo.lstm import batch_sizes_from_lengths
 
 BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
 
@@ -40,11 +41,11 @@ class BiLM(nn.Module):
     def __init__(self, config: BiLMConfig) -> None:
         super().__init__()
         self.config = config
-        P, H = config.projection_dim, config.dim
+        P = config.projection_dim
 
         def make() -> nn.ModuleList:
-            return nn.ModuleList(LstmProjection(P, H, P, config.cell_clip, config.proj_clip)
-                                 for _ in range(config.n_layers))
+            # config.cell picks the layer class (elmo.cells.make_layer: LstmProjection for "lstm").
+            return nn.ModuleList(make_layer(config, P) for _ in range(config.n_layers))
 
         self.forward_layers, self.backward_layers = make(), make()
 
@@ -79,6 +80,7 @@ class BiLM(nn.Module):
 
         x = inputs.index_select(0, order).transpose(0, 1)  # (T, B, P), time-major, sorted
         x_fwd, x_bwd = x, reverse_padded(x, lengths_sorted)
+        tokens_fwd, tokens_bwd = x_fwd, x_bwd
         layers, final = [], []
         for k in range(self.config.n_layers):
             outs, finals = [], []
@@ -97,6 +99,8 @@ class BiLM(nn.Module):
             layer_out = both.transpose(0, 1).index_select(0, unsort)  # (B, T, 2P)
             layers.append(layer_out * mask.unsqueeze(-1).to(layer_out.dtype))
             final.append(tuple(finals))
+            if self.config.input_skip_connections:  # the token layer also feeds every layer above
+                x_fwd, x_bwd = x_fwd + tokens_fwd, x_bwd + tokens_bwd
         return layers, final
 
 
