@@ -146,7 +146,10 @@ def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file:
     """Write ``options.json`` and the weights HDF5 in the original layout (each atomically).
 
     A stored warm initial state is not part of the original format and is not written.
+    Only the original architecture can be written: a model with another cell (elmo.cells), a
+    deep transition, input skip connections or zoneout is refused with a ValueError.
     """
+    check_original_compatible(model.config)
     arrays = state_dict_to_original_arrays(model)
     for path, writer in ((weight_file, _write_hdf5), (options_file, _write_json)):
         path = os.fspath(path)
@@ -154,6 +157,28 @@ def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file:
         tmp = f"{path}.tmp.{os.getpid()}"
         writer(tmp, arrays if writer is _write_hdf5 else model.config.to_options())
         os.replace(tmp, path)
+
+
+def check_original_compatible(config: ElmoConfig) -> None:
+    """Raise a ValueError naming every setting the original format cannot hold.
+
+    Variational and semeniuta recurrent dropout are allowed: they act only in training, so the
+    exported LSTM computes the same outputs. Zoneout changes the evaluation-time function.
+    """
+    b = config.bilm
+    problems = []
+    if b.cell != "lstm":
+        problems.append(f"cell={b.cell!r} (the original format holds only the LSTM)")
+    if b.transition_depth != 1:
+        problems.append(f"transition_depth={b.transition_depth} (extra transition weights)")
+    if b.input_skip_connections:
+        problems.append("input_skip_connections=true (the original has no such connections)")
+    if b.recurrent_dropout_kind == "zoneout":
+        problems.append("recurrent_dropout_kind='zoneout' (it changes the evaluation-time outputs)")
+    if problems:
+        raise ValueError("cannot write the original ELMo format (options.json + weights.hdf5) for this "
+                         "model: " + "; ".join(problems) + ". Save it with ElmoBiLM.save_pretrained "
+                         "(this package's format) instead.")
 
 
 def _write_hdf5(path: str, arrays: dict) -> None:
