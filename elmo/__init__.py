@@ -7,12 +7,13 @@
 
 from elmo.chars import batch_to_ids, word_to_char_ids
 from elmo.config import BiLMConfig, CharCNNConfig, ElmoConfig, preset
+from elmo.featurizer import Embedder
 from elmo.model import BiLMOutput, Elmo, ElmoBiLM, ElmoOutput
 from elmo.scalar_mix import ScalarMix
 from elmo.weights import load_original, save_original
 
 __all__ = [
-    "BiLMConfig", "BiLMOutput", "CharCNNConfig", "Elmo", "ElmoBiLM", "ElmoConfig", "ElmoOutput",
+    "BiLMConfig", "BiLMOutput", "CharCNNConfig", "Elmo", "ElmoBiLM", "ElmoConfig", "ElmoOutput", "Embedder",
     "ScalarMix", "batch_to_ids", "load_original", "preset", "save_original", "word_to_char_ids",
 ]
 __version__ = "0.1.0"

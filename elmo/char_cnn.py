@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from elmo.chars import PADDING_CHAR
 from elmo.config import CharCNNConfig
+
+PADDING_ID = PADDING_CHAR + 1  # the padding character after the +1 shift
 
 
 class Highway(nn.Module):
@@ -64,19 +67,39 @@ class CharCNN(nn.Module):
         return self.projection(x)  # (N, output_dim)
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding."""
+        """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding.
+
+        Each distinct token of the batch is encoded once, and the character axis is cut to what
+        the longest token needs (see ``trim_characters``): both give exactly the same result as
+        encoding every position over all C characters.
+        """
         if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.max_characters_per_token:
             raise ValueError(f"char_ids must be (batch, tokens, {self.config.max_characters_per_token}), "
                              f"got {tuple(char_ids.shape)}")
         B, T, C = char_ids.shape
         flat = char_ids.reshape(B * T, C)
         real = (flat > 0).any(dim=-1)  # (B*T,)
-        out = flat.new_zeros((B * T, self.output_dim), dtype=self.projection.weight.dtype)
-        if bool(real.all()):
-            out = self.encode_tokens(flat)
-        elif bool(real.any()):
-            out = out.index_put((real.nonzero().squeeze(1),), self.encode_tokens(flat[real]))
+        out = torch.zeros((B * T, self.output_dim), device=char_ids.device,
+                          dtype=self.projection.weight.dtype)
+        if bool(real.any()):
+            rows = real.nonzero().squeeze(1)
+            unique, inverse = torch.unique(flat[rows], dim=0, return_inverse=True)  # (U, C), (N,)
+            encoded = self.encode_tokens(self.trim_characters(unique))  # (U, output_dim)
+            out = out.index_put((rows,), encoded[inverse])
         return out.reshape(B, T, self.output_dim)
+
+    def trim_characters(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """Drop trailing character positions that cannot change the max-pooled features.
+
+        A window lying wholly in the padding gives the same value for every token, so the
+        maximum over positions only needs the windows touching real characters plus one
+        all-padding window (when the full width has one): the first ``used + max_width``
+        positions, where ``used`` counts the longest token's non-padding ids.
+        """
+        C = char_ids.shape[-1]
+        used = int((char_ids != PADDING_ID).sum(-1).max())
+        keep = min(C, used + max(width for width, _ in self.config.filters))
+        return char_ids[:, :keep]
 
 
 def check_char_ids(char_ids: torch.Tensor, n_characters: int) -> None:

@@ -116,10 +116,15 @@ class ElmoBiLM(nn.Module):
             char_ids, mask = add_sentence_boundaries(char_ids, self.bos_ids, self.eos_ids)
         else:
             mask = (char_ids > 0).any(-1)
-        B = char_ids.shape[0]
-        if state is None and self.stateful:
-            state = self._carried_state(B)
         tokens = self.char_cnn(char_ids)  # (B, T+2, P)
+        return self.contextualize(tokens, mask, state, dropout)
+
+    def contextualize(self, tokens: torch.Tensor, mask: torch.Tensor,
+                      state: Optional[BiLMState] = None, dropout: float = 0.0) -> BiLMOutput:
+        """Token vectors (B, T, P) (e.g. from a cache of ``char_cnn`` outputs), mask (B, T) ->
+        ``BiLMOutput``. Positions are taken as given: add <S>/</S> vectors yourself."""
+        if state is None and self.stateful:
+            state = self._carried_state(tokens.shape[0])
         bilm_layers, final = self.bilm(tokens, mask, state, dropout=dropout)
         if self.stateful:
             self._store_state(final)

@@ -33,8 +33,9 @@ class ScalarMix(nn.Module):
         self.gamma = nn.Parameter(torch.tensor(1.0), requires_grad=trainable)
 
     def weights(self) -> torch.Tensor:
-        """The normalised layer weights softmax(s), float32 (num_layers,)."""
-        return torch.softmax(self.scalar_parameters.float(), dim=0)
+        """The normalised layer weights softmax(s), at least float32 (num_layers,)."""
+        s = self.scalar_parameters
+        return torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=0)
 
     def forward(self, layers: Sequence[torch.Tensor] | torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -1,0 +1,280 @@
+"""Sentences in, ELMo layers out: the featurizer users import.
+
+    embedder = Embedder.from_pretrained("model_dir")          # or options_file=..., weight_file=...
+    layers = embedder.embed_sentence(["The", "cat", "sat"])   # numpy (L+1, 3, 2P)
+    for vectors in embedder.embed_sentences(stream, output="top"):   # lazy, input order
+        ...
+    embedder.embed_file("in.txt", "out.hdf5", output="all")   # the `elmo-embed` command
+
+Sentences are grouped into batches of similar length (fewer padded positions; the biLM's
+packed loop skips padding anyway) and results come back in input order. By default every
+sentence's embedding is independent of its batch (stateless). With ``stateful=True`` the input
+order is kept in consecutive batches of ``batch_size`` and each row carries its LSTM state to the
+same row of the next batch, as the original did.
+
+Optionally ``cache_vocabulary(words)`` computes the character encoder's output once for a fixed
+word list; those words then skip the character CNN (same numbers, faster on repetitive text).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import h5py
+import numpy as np
+import torch
+
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_ids
+from elmo.model import ElmoBiLM, add_sentence_boundaries
+from elmo.scalar_mix import ScalarMix
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("all", "top", "average")
+Output = Union[str, ScalarMix, Sequence[float]]
+
+
+class Embedder:
+    def __init__(self, model: ElmoBiLM, device: Union[str, torch.device, None] = None,
+                 dtype: torch.dtype = torch.float32, batch_size: int = 64,
+                 max_tokens_per_batch: int = 6000, stateful: bool = False) -> None:
+        """``model`` is moved to ``device`` (default: CUDA if available, else CPU) and ``dtype``
+        (float32, or bfloat16 for faster reduced-precision inference: the LSTM cell state and the
+        outputs stay float32). ``max_tokens_per_batch`` caps a batch's token count, so long
+        sentences come in smaller batches and memory stays bounded."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"dtype must be a floating point torch dtype, got {dtype}")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.model.stateful = stateful
+        self.model.reset_states()
+        self.batch_size, self.max_tokens_per_batch = batch_size, max_tokens_per_batch
+        self.stateful = stateful
+        self._vocab: dict[str, int] = {}
+        self._vocab_vectors: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Optional[str] = None, *, options_file: Optional[str] = None,
+                        weight_file: Optional[str] = None, **kwargs) -> "Embedder":
+        """Load a model directory (ours or the original format) or an options/weight file pair."""
+        from elmo.weights import load_original
+
+        if (options_file is None) != (weight_file is None):
+            raise ValueError("pass both options_file and weight_file (or a model directory)")
+        if options_file is not None:
+            if model_dir is not None:
+                raise ValueError("pass either a model directory or options_file + weight_file, not both")
+            return cls(load_original(options_file, weight_file), **kwargs)
+        if model_dir is None:
+            raise ValueError("pass a model directory or options_file + weight_file")
+        return cls(ElmoBiLM.from_pretrained(model_dir), **kwargs)
+
+    @property
+    def output_dim(self) -> int:
+        return self.model.output_dim
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    # -- character-encoder cache --------------------------------------------------------------
+    @torch.inference_mode()
+    def cache_vocabulary(self, words: Iterable[str], batch_size: int = 2048) -> int:
+        """Precompute the character encoder's output for ``words`` (plus <S> and </S>).
+
+        Returns the number of cached words. Tokens outside the list are still encoded on the fly.
+        """
+        words = list(dict.fromkeys([BOS_TOKEN, EOS_TOKEN, *words]))
+        chunks = []
+        for start in range(0, len(words), batch_size):
+            ids = batch_to_ids([[w] for w in words[start : start + batch_size]]).to(self.device)
+            chunks.append(self.model.char_cnn(ids)[:, 0])  # (n, P)
+        self._vocab = {w: i for i, w in enumerate(words)}
+        self._vocab_vectors = torch.cat(chunks)
+        return len(words)
+
+    def _token_vectors(self, sentences: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentences -> token vectors with <S>/</S> (B, T+2, P) and mask (B, T+2)."""
+        if self._vocab_vectors is None:
+            ids = batch_to_ids(sentences).to(self.device)
+            ids, mask = add_sentence_boundaries(ids, self.model.bos_ids, self.model.eos_ids)
+            return self.model.char_cnn(ids), mask
+        vocab, table = self._vocab, self._vocab_vectors
+        B, T = len(sentences), max((len(s) for s in sentences), default=0) + 2
+        oov = sorted({w for s in sentences for w in s if w not in vocab})
+        oov_index = {w: len(table) + 1 + i for i, w in enumerate(oov)}
+        if oov:
+            table = torch.cat([table, self.model.char_cnn(batch_to_ids([oov]).to(self.device))[0]])
+        # Row 0 of the lookup table is the zero vector of padding positions.
+        table = torch.cat([table.new_zeros((1, table.shape[1])), table])
+        index = np.zeros((B, T), dtype=np.int64)
+        for b, s in enumerate(sentences):
+            words = [BOS_TOKEN, *s, EOS_TOKEN]
+            index[b, : len(words)] = [vocab[w] + 1 if w in vocab else oov_index[w] for w in words]
+        index_t = torch.from_numpy(index).to(self.device)
+        return table[index_t], index_t > 0
+
+    # -- embedding ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_batch(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """One model call on these sentences, in this order: a list of (L+1, n_i, 2P) float32 arrays."""
+        sentences = [_check_sentence(s, i) for i, s in enumerate(sentences)]
+        if not sentences:
+            return []
+        tokens, mask = self._token_vectors(sentences)
+        layers = torch.stack(self.model.contextualize(tokens, mask).layers, 1)  # (B, L+1, T+2, 2P)
+        layers = layers.float().cpu().numpy()
+        return [layers[b, :, 1 : len(s) + 1] for b, s in enumerate(sentences)]
+
+    def embed_sentence(self, sentence: Sequence[str], output: Output = "all") -> np.ndarray:
+        """One tokenized sentence -> (L+1, n, 2P) for "all", else (n, 2P)."""
+        return _select(self.embed_batch([sentence])[0], output)
+
+    def embed_sentences(self, sentences: Iterable[Sequence[str]], output: Output = "all",
+                        batch_size: Optional[int] = None) -> Iterator[np.ndarray]:
+        """Lazily embed an iterable of tokenized sentences; yields one array per sentence, in order.
+
+        Reads ahead a window of sentences, batches them by length (stateless mode), and yields
+        that window's results in input order, so memory stays bounded on any input length.
+        """
+        for arrays in self._embed_windows(sentences, batch_size):
+            for a in arrays:
+                yield _select(a, output)
+
+    def _batches(self, sentences: list, batch_size: int) -> Iterator[list[int]]:
+        """Index lists of batches: consecutive in stateful mode, else grouped by length."""
+        if self.stateful:
+            for start in range(0, len(sentences), batch_size):
+                yield list(range(start, min(start + batch_size, len(sentences))))
+            return
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        batch: list[int] = []
+        for i in order:
+            # Longest first: a batch's padded length is that of its first sentence (+ <S>, </S>).
+            padded = (len(sentences[batch[0]]) + 2) * (len(batch) + 1) if batch else 0
+            if batch and (len(batch) >= batch_size or padded > self.max_tokens_per_batch):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _embed_list(self, sentences: list, batch_size: int) -> list[np.ndarray]:
+        results: list = [None] * len(sentences)
+        for batch in self._batches(sentences, batch_size):
+            for i, a in zip(batch, self.embed_batch([sentences[i] for i in batch])):
+                results[i] = a
+        return results
+
+    def _embed_windows(self, sentences: Iterable[Sequence[str]], batch_size: Optional[int],
+                       window_batches: int = 16) -> Iterator[list[np.ndarray]]:
+        batch_size = batch_size or self.batch_size
+        iterator, index = iter(sentences), 0
+        while True:
+            window = list(itertools.islice(iterator, batch_size * window_batches))
+            if not window:
+                return
+            window = [_check_sentence(s, index + i) for i, s in enumerate(window)]
+            index += len(window)
+            yield self._embed_list(window, batch_size)
+
+    def embed_file(self, input_file: str, output_file: str, output: str = "all",
+                   batch_size: Optional[int] = None, sentence_index: bool = True,
+                   resume: bool = False,
+                   progress: Optional[Callable[[int], None]] = None) -> int:
+        """Embed a text file (one whitespace-tokenized sentence per line) into HDF5.
+
+        One float32 dataset per line, named by the line's index: (L+1, n, 2P) for "all", (n, 2P)
+        for "top" / "average"; a blank line gives an empty dataset (n = 0), so keys never shift.
+        Also ``sentence_to_index``: a JSON string mapping each line's text to its key (omit with
+        ``sentence_index=False``). The output is written to ``output_file + ".partial"`` and
+        renamed when complete; ``resume=True`` continues such a partial file. ``progress`` is
+        called with the number of lines finished after each window. Returns the line count.
+        """
+        if output not in OUTPUT_FORMATS:
+            raise ValueError(f"output must be one of {OUTPUT_FORMATS} for a file, got {output!r}")
+        if resume and self.stateful:
+            raise ValueError("resume cannot be combined with stateful mode: the carried LSTM state "
+                             "of an interrupted run is not saved; rerun without resume")
+        if not os.path.isfile(input_file):
+            raise FileNotFoundError(f"input file not found: {input_file}")
+        partial = output_file + ".partial"
+        done: set = set()
+        if resume and os.path.exists(partial):
+            try:
+                with h5py.File(partial, "r") as f:
+                    done = {k for k in f.keys() if k != "sentence_to_index"}
+                logger.info("resuming %s: %d lines already embedded", partial, len(done))
+            except OSError as e:
+                logger.warning("cannot read %s (%s); starting over", partial, e)
+                os.remove(partial)
+        elif os.path.exists(partial):
+            os.remove(partial)
+        mode = "a" if done else "w"
+        sentence_to_index: dict[str, str] = {}
+        n_lines = 0
+        with h5py.File(partial, mode) as fout:
+            def lines() -> Iterator[tuple[int, list[str]]]:
+                nonlocal n_lines
+                with open(input_file, encoding="utf-8") as fin:
+                    for i, line in enumerate(fin):
+                        n_lines = i + 1
+                        text = line.strip()
+                        if sentence_index:
+                            sentence_to_index[text] = str(i)
+                        if str(i) not in done:
+                            yield i, text.split()
+
+            pending, batch_size = lines(), batch_size or self.batch_size
+            while True:
+                chunk = list(itertools.islice(pending, batch_size * 16))
+                if not chunk:
+                    break
+                arrays = self._embed_list([tokens for _, tokens in chunk], batch_size)
+                for (i, _), a in zip(chunk, arrays):
+                    fout.create_dataset(str(i), data=_select(a, output), dtype="float32")
+                fout.flush()
+                if progress is not None:
+                    progress(len(chunk))
+            if sentence_index:
+                if "sentence_to_index" in fout:
+                    del fout["sentence_to_index"]
+                ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
+                ds[0] = json.dumps(sentence_to_index)
+        os.replace(partial, output_file)
+        return n_lines
+
+
+def _check_sentence(sentence: Sequence[str], i: int) -> list[str]:
+    if isinstance(sentence, str):
+        raise TypeError(f"sentence {i} is a str ({sentence[:40]!r}); pass a list of tokens, "
+                        "e.g. sentence.split()")
+    return list(sentence)
+
+
+def _select(layers: np.ndarray, output: Output) -> np.ndarray:
+    """(L+1, n, D) -> the requested view: all, top, average, or a scalar mix."""
+    if isinstance(output, str):
+        if output == "all":
+            return layers
+        if output == "top":
+            return layers[-1]
+        if output == "average":
+            return layers.mean(axis=0)
+        raise ValueError(f"output must be one of {OUTPUT_FORMATS}, a ScalarMix or a list of "
+                         f"layer weights, got {output!r}")
+    if isinstance(output, ScalarMix):
+        weights = (output.weights() * output.gamma).detach().float().cpu().numpy()
+    else:
+        weights = np.asarray(output, dtype=np.float32)
+    if weights.shape != (layers.shape[0],):
+        raise ValueError(f"a mix needs {layers.shape[0]} layer weights, got {weights.shape}")
+    return np.tensordot(weights, layers, axes=1)

@@ -1,0 +1,102 @@
+"""Highway, ScalarMix and the character CNN against hand-computed values and gradient checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from elmo.char_cnn import CharCNN, Highway
+from elmo.chars import batch_to_ids
+from elmo.config import CharCNNConfig
+from elmo.scalar_mix import ScalarMix
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_highway_matches_the_tf_formula():
+    torch.manual_seed(1)
+    hw = Highway(5, 2, "relu").double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    expected = x.numpy()
+    for layer in hw.layers:
+        w, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+        transform = expected @ w[:5].T + b[:5]
+        carry = _sigmoid(expected @ w[5:].T + b[5:])
+        expected = carry * np.maximum(transform, 0) + (1 - carry) * expected
+    np.testing.assert_allclose(hw(x).detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_highway_gradcheck():
+    hw = Highway(4, 2, "tanh").double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(hw, (x,))
+
+
+def test_scalar_mix_matches_numpy_formula():
+    mix = ScalarMix(3)
+    with torch.no_grad():
+        mix.scalar_parameters.copy_(torch.tensor([0.1, -0.5, 2.0]))
+        mix.gamma.fill_(1.7)
+    layers = [torch.randn(2, 4, 6) for _ in range(3)]
+    w = np.exp([0.1, -0.5, 2.0]) / np.exp([0.1, -0.5, 2.0]).sum()
+    expected = 1.7 * sum(wk * layer.numpy() for wk, layer in zip(w, layers))
+    np.testing.assert_allclose(mix(layers).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+    # a stacked (L, B, T, D) tensor works too
+    np.testing.assert_allclose(mix(torch.stack(layers)).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_scalar_mix_layer_norm_uses_each_sentences_real_positions():
+    mix = ScalarMix(2, do_layer_norm=True)
+    layers = [torch.randn(2, 5, 3) for _ in range(2)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = mix(layers, mask)
+    expected = 0
+    for layer in layers:
+        x = layer[0, :3].numpy()  # sentence 0, real positions only
+        expected = expected + 0.5 * (x - x.mean()) / np.sqrt(x.var() + 1e-12)
+    np.testing.assert_allclose(out[0, :3].detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    # padding values do not leak into a sentence's normalisation
+    layers2 = [layer.clone() for layer in layers]
+    layers2[0][0, 3:] = 100.0
+    torch.testing.assert_close(mix(layers2, mask)[0, :3], out[0, :3])
+    with pytest.raises(ValueError, match="needs the mask"):
+        mix(layers)
+
+
+def test_scalar_mix_gradcheck():
+    mix = ScalarMix(3, do_layer_norm=True).double()
+    layers = [torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+
+    def f(a, b, c, s, g):
+        return mix([a, b, c], mask)
+
+    assert torch.autograd.gradcheck(f, (*layers, mix.scalar_parameters, mix.gamma))
+
+
+def test_scalar_mix_rejects_wrong_layer_count():
+    with pytest.raises(ValueError, match="built for 3 layers, got 2"):
+        ScalarMix(3)([torch.zeros(1, 1, 1)] * 2)
+
+
+def test_char_cnn_dedup_and_trim_equal_the_full_computation():
+    torch.manual_seed(0)
+    cnn = CharCNN(CharCNNConfig(embedding_dim=4, filters=[[1, 3], [3, 5], [7, 4]], n_highway=1), 6)
+    sentences = [["the", "cat", "the", "x" * 60], ["é", "the"], []]
+    ids = batch_to_ids(sentences)
+    out = cnn(ids)
+    assert out.shape == (3, 4, 6)
+    assert out[2].abs().sum() == 0 and out[1, 2:].abs().sum() == 0
+    with torch.no_grad():
+        full = cnn.encode_tokens(ids.reshape(-1, 50)).reshape(3, 4, 6)  # all 50 characters, no dedup
+    mask = (ids > 0).any(-1)
+    torch.testing.assert_close(out[mask], full[mask], rtol=0, atol=1e-6)
+    # trimming keeps exactly the positions a short word needs: 3 + 2 + max width 7
+    assert cnn.trim_characters(batch_to_ids([["the"]])[0]).shape == (1, 12)
+
+
+def test_char_cnn_rejects_wrong_shape():
+    cnn = CharCNN(CharCNNConfig(embedding_dim=2, filters=[[1, 2]], n_highway=0), 3)
+    with pytest.raises(ValueError, match=r"char_ids must be \(batch, tokens, 50\), got \(2, 7\)"):
+        cnn(torch.zeros(2, 7, dtype=torch.long))
