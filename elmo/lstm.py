@@ -7,8 +7,8 @@ proj_clip=...)``; the projection is Sak et al. 2014):
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),   clipped to +-cell_clip
     h_t = clip((sigmoid(o) * tanh(c_t)) W_p, +-proj_clip) (W_p: H -> P)
 
-The original adds 1.0 to the forget gate at run time; here it lives in the bias (the weight
-loader adds it, the exporter removes it), and new models start with a forget bias of 1.0.
+As in the original, 1.0 is added to the forget gate at run time (``FORGET_BIAS``): the stored
+bias is the original's, so weight files convert both ways bit for bit.
 Gate blocks are stored in the order (i, f, o, g) so one sigmoid covers three of them; the
 original stores (i, g, f, o) and the weight loader reorders. Matrices are stored (in, out), as
 in the original files: a (rows, P) @ (P, 4H) product with a contiguous right-hand side is about
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h (B, P), c (B, H)), float32
+FORGET_BIAS = 1.0
 
 
 class LstmProjection(nn.Module):
@@ -42,7 +43,7 @@ class LstmProjection(nn.Module):
         self.input_dim, self.hidden_dim, self.projection_dim = input_dim, hidden_dim, projection_dim
         self.cell_clip, self.proj_clip = cell_clip, proj_clip
         self.input_weight = nn.Parameter(torch.empty(input_dim, 4 * hidden_dim))  # W_x
-        self.input_bias = nn.Parameter(torch.empty(4 * hidden_dim))  # b, forget block includes +1
+        self.input_bias = nn.Parameter(torch.empty(4 * hidden_dim))  # b (FORGET_BIAS is added to f)
         self.state_weight = nn.Parameter(torch.empty(projection_dim, 4 * hidden_dim))  # W_h
         self.projection_weight = nn.Parameter(torch.empty(hidden_dim, projection_dim))  # W_p
         # The state every row starts from unless given one: zeros (the original's cold start) or a
@@ -55,9 +56,14 @@ class LstmProjection(nn.Module):
         for w in (self.input_weight, self.state_weight, self.projection_weight):
             bound = w.shape[0] ** -0.5
             nn.init.uniform_(w, -bound, bound)
-        with torch.no_grad():
-            self.input_bias.zero_()
-            self.input_bias[self.hidden_dim : 2 * self.hidden_dim] = 1.0  # forget gate
+        nn.init.zeros_(self.input_bias)
+
+    def effective_bias(self) -> torch.Tensor:
+        """The bias with the forget gate's constant +1.0 added, (4H,)."""
+        H = self.hidden_dim
+        offset = torch.zeros_like(self.input_bias)
+        offset[H : 2 * H] = FORGET_BIAS
+        return self.input_bias + offset
 
     def initial_state(self, batch: int) -> State:
         """The stored initial state, broadcast to ``batch`` rows (float32)."""
@@ -87,8 +93,8 @@ class LstmProjection(nn.Module):
         h0, c0 = state[0].to(state_dtype), state[1].to(state_dtype)
         if T == 0:
             return inputs.new_zeros((0, B, self.projection_dim), dtype=state_dtype), (h0, c0)
-        x = inputs.to(w.dtype).reshape(T * B, -1)
-        x_proj = torch.addmm(self.input_bias.to(w.dtype), x, self.input_weight.to(w.dtype))
+        x = inputs.to(w.dtype).reshape(T * B, inputs.shape[-1])
+        x_proj = torch.addmm(self.effective_bias().to(w.dtype), x, self.input_weight.to(w.dtype))
         x_proj = x_proj.view(T, B, 4 * self.hidden_dim)  # all steps in one matmul
         sizes = tuple(int(n) for n in batch_sizes)
         if torch.is_grad_enabled() and any(

@@ -13,8 +13,8 @@
     RNN_{d}/RNN/MultiRNNCell/Cell{l}/LSTMCell/W_P_0  (H, P)
     d = 0 forward, 1 backward.
 
-Our LSTM keeps the (in, out) layout but orders gate blocks (i, f, o, g) and holds the +1.0 in the
-bias (see ``elmo.lstm``).
+Our LSTM keeps the (in, out) layout and the bias as stored (adding the +1.0 at run time too) but
+orders gate blocks (i, f, o, g) (see ``elmo.lstm``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def original_arrays_to_state_dict(config: ElmoConfig, read) -> dict:
         for layer in range(b.n_layers):
             pre, ours = _lstm_prefix(d, layer), f"bilm.{name}.{layer}"
             w = _reorder_gates(read(f"{pre}/W_0", (P + P, 4 * H)), _TF_TO_OURS, axis=1)
-            bias = _reorder_gates(read(f"{pre}/B", (4 * H,)), _TF_TO_OURS, axis=0).copy()
-            bias[H : 2 * H] += 1.0  # the forget bias TF adds at run time
+            bias = _reorder_gates(read(f"{pre}/B", (4 * H,)), _TF_TO_OURS, axis=0)
             sd[f"{ours}.input_weight"] = w[:P]
             sd[f"{ours}.input_bias"] = bias
             sd[f"{ours}.state_weight"] = w[P:]
@@ -97,8 +96,7 @@ def state_dict_to_original_arrays(model: ElmoBiLM) -> dict:
         for layer in range(b.n_layers):
             pre, ours = _lstm_prefix(d, layer), f"bilm.{name}.{layer}"
             w = np.concatenate([sd[f"{ours}.input_weight"], sd[f"{ours}.state_weight"]])
-            bias = sd[f"{ours}.input_bias"].copy()
-            bias[H : 2 * H] -= 1.0
+            bias = sd[f"{ours}.input_bias"]
             out[f"{pre}/W_0"] = _reorder_gates(w, _OURS_TO_TF, axis=1)
             out[f"{pre}/B"] = _reorder_gates(bias, _OURS_TO_TF, axis=0)
             out[f"{pre}/W_P_0"] = sd[f"{ours}.projection_weight"]
@@ -125,7 +123,7 @@ def load_original(options_file: str | os.PathLike, weight_file: str | os.PathLik
     with h5py.File(weight_file, "r") as f:
         def read(name: str, shape: tuple) -> np.ndarray:
             if name not in f:
-                raise KeyError(f"{weight_file}: dataset {name!r} is missing (expected shape {shape}); "
+                raise ValueError(f"{weight_file}: dataset {name!r} is missing (expected shape {shape}); "
                                f"is {options_file} the options file for this weight file?")
             arr = f[name][...]
             if arr.shape != tuple(shape):

@@ -15,6 +15,7 @@ def _reference(layer, x, lengths, h0, c0):
         h, c, rows = h0[b], c0[b], []
         for t in range(n):
             z = x[t, b] @ layer.input_weight + layer.input_bias + h @ layer.state_weight
+            z = z + torch.cat([torch.zeros(H), torch.ones(H), torch.zeros(2 * H)]).double()  # forget +1
             i, f, o = torch.sigmoid(z[: 3 * H]).split(H)
             c = (f * c + i * torch.tanh(z[3 * H :])).clamp(-layer.cell_clip, layer.cell_clip)
             h = ((o * torch.tanh(c)) @ layer.projection_weight).clamp(-layer.proj_clip, layer.proj_clip)
