@@ -2,7 +2,7 @@
 Odyssey", variant CIFG; the same coupling as the GRU's update gate): the input gate is 1 - f.
 
     [f, o, g] = x_t W_x + r_{t-1} W_h + b                (three blocks of H instead of four)
-    c_t = sigmoid(f) * c_{t-1} + (1 - sigmoid(f)) * tanh(g),   clipped to +-cell_clip
+    c_t = sigmoid(f + 1) * c_{t-1} + (1 - sigmoid(f + 1)) * tanh(g),   clipped to +-cell_clip
     h_t = clip((sigmoid(o) * tanh(c_t)) W_p, +-proj_clip)
 
 State: (h (B, P), c (B, H)). A quarter fewer gate parameters than the LSTM at the same H.
@@ -17,7 +17,7 @@ from elmo.cells.lstm import Lstm
 
 class CifgLstm(Lstm):
     n_gates = 3  # (f, o, g)
-    forget_block = 0  # starts at 1.0, as the LSTM's
+    forget_block = 0  # gets FORGET_BIAS at run time, as the LSTM's
 
     def step(self, xp, state, state_mask, update_mask):
         h, c = state

@@ -1,6 +1,7 @@
 """LSTM with peephole connections (Gers & Schmidhuber 2000, "Recurrent Nets that Time and Count";
 the form of Graves 2013, "Generating Sequences with Recurrent Neural Networks", eq. 7-11):
-the gates also see the memory cell through diagonal (element-wise) weights.
+the gates also see the memory cell through diagonal (element-wise) weights. As in the LSTM,
+1.0 is added to the forget gate's bias b_f at run time.
 
     i_t = sigmoid(x_t W_xi + r_{t-1} W_hi + w_ci * c_{t-1} + b_i)
     f_t = sigmoid(x_t W_xf + r_{t-1} W_hf + w_cf * c_{t-1} + b_f)

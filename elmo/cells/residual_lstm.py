@@ -8,7 +8,7 @@ Stacked Residual LSTM Networks"), whose stack-level residual the biLM already ha
 
     [i, f, g] = x_t W_x + r_{t-1} W_h + b               (blocks of H)
     o_t = sigmoid(x_t W_xo + r_{t-1} W_ho + b_o)          (P units: the gate acts on the output)
-    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),   clipped to +-cell_clip
+    c_t = sigmoid(f + 1) * c_{t-1} + sigmoid(i) * tanh(g),   clipped to +-cell_clip   (+1 as the LSTM)
     h_t = clip(o_t * (tanh(c_t) W_p + x_t W_s), +-proj_clip)
 
 State: (h (B, P), c (B, H)). ``x_t W_s`` (W_s: in -> P, the issue's ``W_h x_t``) is computed for
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from elmo.cells.base import SteppedLayer
+from elmo.cells.lstm import forget_bias_added
 
 
 class ResidualLstm(SteppedLayer):
@@ -40,14 +41,13 @@ class ResidualLstm(SteppedLayer):
     def reset_parameters(self) -> None:
         self.init_uniform(self.input_weight, self.state_weight, self.shortcut_weight,
                           self.projection_weight)
-        with torch.no_grad():
-            self.input_bias.zero_()
-            self.input_bias[self.hidden_dim : 2 * self.hidden_dim] = 1.0  # forget gate
+        nn.init.zeros_(self.input_bias)
         self.reset_transition()
 
     def precompute(self, x: torch.Tensor) -> torch.Tensor:
         # (T, B, 3H+P) gates and (T, B, P) shortcut, each one matmul over all steps
-        return torch.cat([self.linear(x, self.input_weight, self.input_bias),
+        bias = forget_bias_added(self.input_bias, 1, self.hidden_dim)  # +1.0 on f, as the LSTM
+        return torch.cat([self.linear(x, self.input_weight, bias),
                           self.linear(x, self.shortcut_weight)], -1)
 
     def step(self, xp, state, state_mask, update_mask):

@@ -14,7 +14,7 @@ import torch
 from elmo.cells import make_layer
 from elmo.cells.scan import linear_scan
 from elmo.config import CELLS, BiLMConfig
-from elmo.lstm import LstmProjection, batch_sizes_from_lengths
+from elmo.lstm import FORGET_BIAS, LstmProjection, batch_sizes_from_lengths
 
 LENGTHS = [5, 4, 4, 2, 0]  # sorted, with an empty row
 IN, H, P = 5, 6, 4
@@ -54,13 +54,13 @@ def ref_lstm_family(L, x, st, m, zone, variant):
         return x @ block(W, k, Hd) + r @ block(U, k, Hd) + block(b, k, Hd)
 
     if variant == "cifg":  # blocks (f, o, g), i = 1 - f
-        f = sig(pre(0))
+        f = sig(pre(0) + FORGET_BIAS)
         i, o_pre, g = 1 - f, pre(1), torch.tanh(pre(2))
     else:  # blocks (i, f, o, g)
         i_pre, f_pre, o_pre, g = pre(0), pre(1), pre(2), torch.tanh(pre(3))
         if variant == "peephole":
             i_pre, f_pre = i_pre + L.peephole[0] * c, f_pre + L.peephole[1] * c
-        i, f = sig(i_pre), sig(f_pre)
+        i, f = sig(i_pre), sig(f_pre + FORGET_BIAS)
     if m["update"] is not None:
         g = g * m["update"]
     c_new = clip(f * c + i * g, L.cell_clip)
@@ -76,7 +76,7 @@ def ref_residual_lstm(L, x, st, m, zone):
     r = transition(L, h, m["state"])
     W, U, b = L.input_weight, L.state_weight, L.input_bias
     z = x @ W + r @ U + b
-    i, f, g = sig(block(z, 0, Hd)), sig(block(z, 1, Hd)), torch.tanh(block(z, 2, Hd))
+    i, f, g = sig(block(z, 0, Hd)), sig(block(z, 1, Hd) + FORGET_BIAS), torch.tanh(block(z, 2, Hd))
     o = sig(z[3 * Hd :])  # (P,)
     if m["update"] is not None:
         g = g * m["update"]
