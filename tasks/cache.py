@@ -1,0 +1,170 @@
+"""Cached ELMo layers: with the biLM frozen, each sentence's layers are computed once.
+
+The stateless ``ElmoBiLM`` gives a sentence the same layers whatever batch it is in, so the
+layers can be computed once (sentences sorted by length, batched, under ``inference_mode``) and
+the task head trained on them: no epoch runs the biLM again. This is exact, not an approximation
+(the original recomputed the frozen biLM in every epoch).
+
+Two stores: in memory (a dict), or an HDF5 file that later runs reuse. The file holds one group
+per model, named by a fingerprint of the model's configuration and weights, with one dataset
+(L+1, n, 2P) per sentence named by a hash of its tokens; a different model never reads another's
+layers. New layers are written to a temporary copy that replaces the file when complete, so an
+interrupted run leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Iterable, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from elmo import ElmoBiLM, batch_to_ids
+from elmo.model import remove_sentence_boundaries
+
+logger = logging.getLogger(__name__)
+
+
+def model_fingerprint(bilm: ElmoBiLM) -> str:
+    """A hash of the configuration and every tensor of the state (weights and warm state)."""
+    h = hashlib.sha256(json.dumps(bilm.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(bilm.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def sentence_key(tokens: Sequence[str]) -> str:
+    return hashlib.sha1(json.dumps(list(tokens), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def compute_layers(bilm: ElmoBiLM, sentences: Sequence[Sequence[str]], batch_size: int = 64,
+                   progress: bool = False) -> Iterable[tuple[int, torch.Tensor]]:
+    """Yield (index, layers (L+1, n, 2P) float32 on the CPU) for every sentence, longest first."""
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    device = next(bilm.parameters()).device
+    was_training = bilm.training
+    bilm.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for s in tqdm(starts, desc="ELMo layers", unit="batch", disable=not progress):
+            rows = order[s : s + batch_size]
+            ids = batch_to_ids([sentences[i] for i in rows]).to(device)
+            with torch.inference_mode():
+                out = bilm(ids)
+                stripped = [remove_sentence_boundaries(layer, out.mask)[0] for layer in out.layers]
+                stacked = torch.stack(stripped).float().cpu()  # (L+1, B, T, 2P)
+            stacked = stacked.clone()  # an ordinary tensor (autograd may save it later)
+            for b, i in enumerate(rows):
+                yield i, stacked[:, b, : len(sentences[i])].clone()
+    finally:
+        bilm.train(was_training)
+
+
+class LayerCache:
+    """Per-sentence ELMo layers, in memory or in an HDF5 file (``path``)."""
+
+    def __init__(self, bilm: ElmoBiLM, path: Optional[str] = None, dtype: str = "float32",
+                 batch_size: int = 64, progress: bool = False) -> None:
+        self.bilm, self.path, self.batch_size, self.progress = bilm, path, batch_size, progress
+        self.dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+        self.num_layers, self.dim = bilm.num_layers, bilm.output_dim
+        self.fingerprint = model_fingerprint(bilm)
+        self.computed = 0  # sentences whose layers this cache computed
+        self._memory: dict[str, torch.Tensor] = {}
+        self._file: Optional[h5py.File] = None
+
+    # -- filling ---------------------------------------------------------------------------
+    def fill(self, sentences: Iterable[Sequence[str]]) -> int:
+        """Compute and store the layers of every sentence not cached yet; returns how many."""
+        missing: dict[str, list] = {}
+        for tokens in sentences:
+            key = sentence_key(tokens)
+            if key not in missing and not self._has(key):
+                missing[key] = list(tokens)
+        if not missing:
+            return 0
+        todo = list(missing.values())
+        logger.info("computing ELMo layers of %d sentences (%d tokens)", len(todo), sum(map(len, todo)))
+        if self.path is None:
+            for i, layers in compute_layers(self.bilm, todo, self.batch_size, self.progress):
+                self._memory[sentence_key(todo[i])] = layers.to(self.dtype)
+        else:
+            self._fill_file(todo)
+        self.computed += len(todo)
+        return len(todo)
+
+    def _fill_file(self, todo: list) -> None:
+        self.close()
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        if os.path.exists(self.path):
+            shutil.copyfile(self.path, tmp)
+        try:
+            with h5py.File(tmp, "a") as f:
+                group = f.require_group(self.fingerprint)
+                group.attrs["num_layers"], group.attrs["dim"] = self.num_layers, self.dim
+                np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
+                for i, layers in compute_layers(self.bilm, todo, self.batch_size, self.progress):
+                    key = sentence_key(todo[i])
+                    if key not in group:
+                        group.create_dataset(key, data=layers.numpy().astype(np_dtype))
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _group(self) -> Optional[h5py.Group]:
+        if self.path is None or not os.path.exists(self.path):
+            return None
+        if self._file is None:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:
+                raise OSError(f"{self.path}: cannot read the ELMo layer cache ({e}); delete the file "
+                              "and it will be rebuilt") from None
+        return self._file.get(self.fingerprint)
+
+    def _has(self, key: str) -> bool:
+        if self.path is None:
+            return key in self._memory
+        group = self._group()
+        return group is not None and key in group
+
+    def get(self, tokens: Sequence[str]) -> torch.Tensor:
+        """Layers (L+1, n, 2P) float32 of one cached sentence."""
+        key = sentence_key(tokens)
+        if self.path is None:
+            layers = self._memory.get(key)
+        else:
+            group = self._group()
+            layers = torch.from_numpy(group[key][()]) if group is not None and key in group else None
+        if layers is None:
+            raise KeyError(f"sentence not in the ELMo layer cache (call fill first): {' '.join(tokens)[:80]!r}")
+        return layers.float()
+
+    def batch(self, sentences: Sequence[Sequence[str]], length: Optional[int] = None) -> torch.Tensor:
+        """Padded layers (L+1, B, T, 2P) of cached sentences, zeros past each sentence."""
+        T = max([len(s) for s in sentences] + [length or 0])
+        out = torch.zeros(self.num_layers, len(sentences), T, self.dim)
+        for b, tokens in enumerate(sentences):
+            out[:, b, : len(tokens)] = self.get(tokens)
+        return out
+
+    def __len__(self) -> int:
+        if self.path is None:
+            return len(self._memory)
+        group = self._group()
+        return 0 if group is None else len(group)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,98 @@
+"""A task model folder: everything needed to evaluate or apply a trained head.
+
+    DIR/task_config.json   the resolved TaskConfig (task, scheme, sizes, training settings)
+    DIR/vocab.json         {"words": [...] or null, "labels": [...]}
+    DIR/model.pt           the head's state_dict (without the biLM's weights)
+    DIR/elmo/              a copy of the ELMo (elmo_config.json + elmo_weights.pt), fine-tuned or not
+    DIR/metrics.jsonl      one line per epoch;  DIR/results.json  final dev/test scores
+
+The ELMo is copied rather than referenced so the folder keeps working when the original moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from elmo import ElmoBiLM
+from elmo.config import write_json_atomic
+from tasks.config import TaskConfig
+from tasks.data import Vocabulary
+
+CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, ELMO_DIR = "task_config.json", "vocab.json", "model.pt", "elmo"
+BILM_PREFIX = "encoder.bilm."
+
+
+def get_task(name: str):
+    """The module (ner, srl or classify) holding a task's head and data functions."""
+    if name == "ner":
+        from tasks import ner as task
+    elif name == "srl":
+        from tasks import srl as task
+    elif name == "classify":
+        from tasks import classify as task
+    else:
+        raise ValueError(f"unknown task {name!r}; valid tasks: ner, srl, classify")
+    return task
+
+
+def head_state(model: nn.Module, include_bilm: bool = False) -> dict:
+    """The model's state on the CPU, without the biLM's tensors unless ``include_bilm``."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if include_bilm or not k.startswith(BILM_PREFIX)}
+
+
+def load_head_state(model: nn.Module, state: dict) -> None:
+    """Load a head state; only the biLM's tensors may be missing (they come from DIR/elmo)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(BILM_PREFIX)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"the saved head does not fit the model built from its config: missing "
+                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def save_setup(directory: str, cfg: TaskConfig, words: Optional[Vocabulary], labels: Vocabulary,
+               bilm: Optional[ElmoBiLM]) -> None:
+    """Write the config, the vocabularies and the ELMo copy (before training starts)."""
+    os.makedirs(directory, exist_ok=True)
+    cfg.save(os.path.join(directory, CONFIG_NAME))
+    write_json_atomic(os.path.join(directory, VOCAB_NAME),
+                      {"words": words.items if words is not None else None, "labels": labels.items})
+    if bilm is not None:
+        bilm.save_pretrained(os.path.join(directory, ELMO_DIR))
+
+
+def save_weights(directory: str, model: nn.Module, cfg: TaskConfig) -> None:
+    """The head's weights (atomically); a fine-tuned biLM goes to DIR/elmo again."""
+    path = os.path.join(directory, WEIGHTS_NAME)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(head_state(model), tmp)
+    os.replace(tmp, path)
+    if cfg.use_elmo and cfg.fine_tune:
+        model.encoder.bilm.save_pretrained(os.path.join(directory, ELMO_DIR))
+
+
+def load_model(directory: str, device: str = "cpu"):
+    """-> (cfg, task module, words or None, labels, model in eval mode)."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: not a task model folder ({CONFIG_NAME} is missing); "
+                                "create one with: elmo-task train ... --out DIR")
+    cfg = TaskConfig.load(path)
+    cfg.device = device
+    task = get_task(cfg.task)
+    with open(os.path.join(directory, VOCAB_NAME), encoding="utf-8") as f:
+        vocab = json.load(f)
+    words = Vocabulary(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
+    labels = Vocabulary(vocab["labels"], specials=False)
+    bilm = ElmoBiLM.from_pretrained(os.path.join(directory, ELMO_DIR)) if cfg.use_elmo else None
+    model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{directory}: {WEIGHTS_NAME} is missing (training did not finish an epoch)")
+    load_head_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    return cfg, task, words, labels, model.to(torch.device(device)).eval()

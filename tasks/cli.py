@@ -1,0 +1,219 @@
+"""``elmo-task``: train, evaluate and apply task models on ELMo layers.
+
+    elmo-task train {ner,srl,classify} --train F --dev F [--test F] --out DIR
+              (--model ELMO_DIR | --options-file O --weight-file W | --no-elmo)
+              [--config JSON] [--epochs N] [--set FIELD=VALUE ...]
+    elmo-task evaluate DIR --data F [--json]
+    elmo-task predict DIR --data F --output F
+
+``--set`` takes any field of tasks.config.TaskConfig (``--set lr=0.002 --set max_train=1000``).
+``--no-elmo`` trains the baseline: the same head on word embeddings plus a character CNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from elmo import ElmoBiLM, load_original
+from elmo.config import write_json_atomic
+from tasks.cache import LayerCache
+from tasks.checkpoint import get_task, load_model, save_setup, save_weights
+from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
+from tasks.data import BatchMaker, Vocabulary
+from tasks.metrics import format_conlleval
+from tasks.train import evaluate, predict, train
+
+logger = logging.getLogger("tasks.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elmo-task", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a task model")
+    t.add_argument("task", choices=TASKS)
+    t.add_argument("--train", required=True, help="training data (a file, a class folder, or hf:NAME:SPLIT)")
+    t.add_argument("--dev", required=True, help="development data (early stopping)")
+    t.add_argument("--test", help="test data, scored once with the best model")
+    t.add_argument("--out", required=True, help="the model folder to write")
+    elmo = t.add_mutually_exclusive_group(required=True)
+    elmo.add_argument("--model", help="ELMo model folder (ours, or options.json + weights hdf5)")
+    elmo.add_argument("--options-file", help="original ELMo options.json (with --weight-file)")
+    elmo.add_argument("--no-elmo", action="store_true", help="baseline: word embeddings + char CNN")
+    t.add_argument("--weight-file", help="original ELMo weights hdf5 (with --options-file)")
+    t.add_argument("--config", help="JSON file of TaskConfig fields")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--fine-tune", action="store_true", help="train the biLM too (no cache)")
+    t.add_argument("--device")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    t.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    e = sub.add_parser("evaluate", help="score a model folder on labelled data")
+    e.add_argument("model_dir")
+    e.add_argument("--data", required=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--quiet", action="store_true")
+    r = sub.add_parser("predict", help="tag or classify a file with a model folder")
+    r.add_argument("model_dir")
+    r.add_argument("--data", required=True)
+    r.add_argument("--output", required=True)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _config(args: argparse.Namespace) -> TaskConfig:
+    overrides: dict = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            overrides.update(json.load(f))
+    overrides.update(parse_set(args.set))
+    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("device", "device"),
+                        ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
+    if args.fine_tune:
+        overrides["fine_tune"] = True
+    if args.quiet:
+        overrides["progress"] = False
+    if args.no_elmo:
+        overrides["use_elmo"] = False
+        overrides.setdefault("char_dim", 100)  # the baseline: word embeddings + a char CNN
+    return resolve_config(args.task, overrides)
+
+
+def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
+    if not cfg.use_elmo:
+        return None
+    if args.model:
+        cfg.elmo_source = os.path.abspath(args.model)
+        return ElmoBiLM.from_pretrained(args.model)
+    if not args.weight_file:
+        raise ValueError("--options-file needs --weight-file (the original ELMo weights hdf5)")
+    cfg.elmo_source = f"{os.path.abspath(args.options_file)} + {os.path.abspath(args.weight_file)}"
+    return load_original(args.options_file, args.weight_file)
+
+
+def _subset(instances: list, n: int) -> list:
+    return instances[:n] if n > 0 else instances
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    task = get_task(cfg.task)
+    train_data = _subset(task.read(args.train, cfg), cfg.max_train)
+    dev_data = _subset(task.read(args.dev, cfg), cfg.max_eval)
+    test_data = _subset(task.read(args.test, cfg), cfg.max_eval) if args.test else None
+    labels = task.setup(train_data, cfg)
+    train_targets = task.targets(train_data, cfg)
+    words = (Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count, cfg.lowercase_words)
+             if cfg.word_dim > 0 else None)
+    bilm = _load_elmo(args, cfg)
+    if bilm is not None:
+        bilm.to(torch.device(cfg.device))
+    save_setup(args.out, cfg, words, labels, bilm)  # the resolved config, before step 1
+    logger.info("%s: %d train / %d dev%s examples, %d labels, %s", cfg.task, len(train_data), len(dev_data),
+                f" / {len(test_data)} test" if test_data else "", len(labels),
+                f"ELMo from {cfg.elmo_source}" if bilm is not None else "no ELMo (baseline)")
+
+    cache = None
+    if bilm is not None and not cfg.fine_tune and cfg.cache != "none":
+        path = (cfg.cache_file or os.path.join(args.out, "elmo_cache.h5")) if cfg.cache == "hdf5" else None
+        cache = LayerCache(bilm, path, cfg.cache_dtype, cfg.elmo_batch_size, cfg.progress)
+        started = time.perf_counter()
+        every = train_data + dev_data + (test_data or [])
+        n = cache.fill(x.tokens for x in every)
+        logger.info("ELMo layer cache: %d sentences computed in %.1f s (%d cached)", n,
+                    time.perf_counter() - started, len(cache))
+    model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
+    maker = BatchMaker(words, labels, cfg.lowercase_words,
+                       need_chars=model.encoder.char_cnn is not None or (bilm is not None and cache is None),
+                       cache=cache)
+    summary = train(model, task, cfg, train_data, dev_data, train_targets, maker, labels,
+                    log_path=os.path.join(args.out, "metrics.jsonl"),
+                    on_best=lambda m, epoch, scores: save_weights(args.out, m, cfg))
+    results = dict(summary)
+    for name, data in (("dev", dev_data), ("test", test_data)):
+        if data:
+            scores, _ = evaluate(model, task, data, maker, labels, cfg, desc=name)
+            results[name] = scores
+            logger.info("%s %s: %.2f", name, task.METRIC, scores[task.METRIC])
+    write_json_atomic(os.path.join(args.out, "results.json"), results)
+    if cache is not None:
+        cache.close()
+    print(json.dumps({k: (v[task.METRIC] if isinstance(v, dict) else v) for k, v in results.items()}))
+    return 0
+
+
+def _read_for_prediction(task, cfg: TaskConfig, path: str):
+    """Data to predict on: gold targets are kept when the file has them (NER: a second column)."""
+    if cfg.task == "srl":
+        return task.read(path, cfg)  # the predicates come from the argument columns
+    if cfg.task == "ner" and not path.startswith("hf:"):
+        with open(path, encoding="utf-8") as f:
+            first = next((line.split() for line in f if line.split() and not line.startswith("-DOCSTART-")), [])
+        return task.read(path, cfg, with_targets=len(first) > 1)
+    return task.read(path, cfg, with_targets=False)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg, task, words, labels, model = load_model(args.model_dir, args.device)
+    cfg.progress = not args.quiet
+    data = task.read(args.data, cfg)
+    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars)
+    scores, _ = evaluate(model, task, data, maker, labels, cfg)
+    if args.json:
+        print(json.dumps({"task": cfg.task, "data": args.data, "metric": task.METRIC, **scores}))
+    elif cfg.task in ("ner", "srl"):
+        print(format_conlleval(scores))
+    else:
+        print(f"accuracy: {scores['accuracy']:6.2f}%; macro-F1: {scores['macro_f1']:6.2f} "
+              f"({scores['examples']} examples)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    cfg, task, words, labels, model = load_model(args.model_dir, args.device)
+    cfg.progress = not args.quiet
+    data = _read_for_prediction(task, cfg, args.data)
+    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars)
+    predictions = task.decode(predict(model, data, maker, cfg), labels, cfg)
+    tmp = f"{args.output}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        task.write(data, predictions, f)
+    os.replace(tmp, args.output)
+    logger.info("wrote %d predictions to %s", len(data), args.output)
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        return cmd_predict(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"elmo-task {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

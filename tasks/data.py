@@ -1,0 +1,120 @@
+"""Vocabularies and batches: instances -> padded tensors (and cached ELMo layers) for a head.
+
+Batches group examples of similar length (sorted, then cut into batches whose order is shuffled
+each epoch), so padding stays small both for the LSTMs and for the cached layers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from elmo import batch_to_ids
+from tasks.readers import Instance
+
+PAD, UNK = "@@PAD@@", "@@UNK@@"
+
+
+class Vocabulary:
+    """Index <-> string for words (with padding and unknown entries) or labels (without)."""
+
+    def __init__(self, items: Sequence[str], specials: bool) -> None:
+        self.items = ([PAD, UNK] if specials else []) + [x for x in items if x not in (PAD, UNK)]
+        self.index = {x: i for i, x in enumerate(self.items)}
+        self.specials = specials
+        if len(self.index) != len(self.items):
+            raise ValueError("vocabulary items must be unique")
+
+    @classmethod
+    def words(cls, sentences: Sequence[Sequence[str]], min_count: int = 1, lowercase: bool = False
+              ) -> "Vocabulary":
+        counts = Counter(w.lower() if lowercase else w for s in sentences for w in s)
+        return cls(sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)),
+                   specials=True)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def encode(self, tokens: Sequence[str], lowercase: bool = False) -> list[int]:
+        unk = self.index.get(UNK)
+        out = []
+        for t in tokens:
+            i = self.index.get(t.lower() if lowercase else t, unk)
+            if i is None:
+                raise KeyError(f"{t!r} is not in the label vocabulary {self.items[:20]}")
+            out.append(i)
+        return out
+
+
+@dataclass
+class Batch:
+    mask: torch.Tensor  # (B, T) bool
+    char_ids: Optional[torch.Tensor] = None  # (B, T, 50) for the biLM or the char CNN
+    word_ids: Optional[torch.Tensor] = None  # (B, T)
+    layers: Optional[torch.Tensor] = None  # (L+1, B, T, 2P) cached ELMo layers
+    predicate: Optional[torch.Tensor] = None  # (B, T) long: 1 at the SRL predicate
+    tags: Optional[torch.Tensor] = None  # (B, T) target tag ids
+    labels: Optional[torch.Tensor] = None  # (B,) target label ids
+    index: Optional[list] = None  # positions of the examples in the instance list
+
+    def to(self, device: torch.device) -> "Batch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return Batch(**moved)
+
+
+class BatchMaker:
+    """Builds ``Batch`` es for one task model: which inputs it needs and where the layers come from."""
+
+    def __init__(self, words: Optional[Vocabulary], labels: Vocabulary, lowercase: bool = False,
+                 need_chars: bool = False, cache=None) -> None:
+        self.words, self.labels, self.lowercase = words, labels, lowercase
+        self.need_chars, self.cache = need_chars, cache
+
+    def make(self, instances: Sequence[Instance], index: list, with_targets: bool = True) -> Batch:
+        tokens = [instances[i].tokens for i in index]
+        B, T = len(tokens), max(len(t) for t in tokens)
+        lengths = torch.tensor([len(t) for t in tokens])
+        batch = Batch(mask=torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1), index=list(index))
+        if self.need_chars:
+            batch.char_ids = batch_to_ids(tokens)
+        if self.words is not None:
+            batch.word_ids = torch.zeros(B, T, dtype=torch.long)
+            for b, t in enumerate(tokens):
+                batch.word_ids[b, : len(t)] = torch.tensor(self.words.encode(t, self.lowercase))
+        if self.cache is not None:
+            batch.layers = self.cache.batch(tokens)
+        first = instances[index[0]]
+        if first.predicate is not None:
+            batch.predicate = torch.zeros(B, T, dtype=torch.long)
+            for b, i in enumerate(index):
+                batch.predicate[b, instances[i].predicate] = 1
+        if with_targets and first.tags is not None:
+            batch.tags = torch.zeros(B, T, dtype=torch.long)
+            for b, i in enumerate(index):
+                batch.tags[b, : len(tokens[b])] = torch.tensor(self.labels.encode(instances[i].tags))
+        if with_targets and first.label is not None:
+            batch.labels = torch.tensor(self.labels.encode([instances[i].label for i in index]))
+        return batch
+
+    def batches(self, instances: Sequence[Instance], batch_size: int, shuffle: bool = False,
+                rng: Optional[random.Random] = None, with_targets: bool = True) -> Iterator[Batch]:
+        """Length-sorted batches; with ``shuffle`` the ties and the batch order are random."""
+        rng = rng or random.Random(0)
+        keys = [(len(x.tokens), rng.random() if shuffle else 0.0, i) for i, x in enumerate(instances)]
+        order = [i for _, _, i in sorted(keys)]
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        if shuffle:
+            rng.shuffle(chunks)
+        for chunk in chunks:
+            yield self.make(instances, chunk, with_targets)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size

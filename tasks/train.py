@@ -1,0 +1,126 @@
+"""Training loop for the task heads: Adam, gradient clipping, L2 on the scalar-mix weights, early
+stopping on the dev metric with patience, the best checkpoint kept, metrics per epoch in JSON lines.
+
+``train(model, task, cfg, ...)`` works for every head: a head has ``loss(batch)`` and
+``predict(batch)``, and ``task`` is one of the modules ner / srl / classify (their ``decode`` and
+``evaluate`` turn predictions into strings and scores).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tasks.checkpoint import head_state, load_head_state
+from tasks.config import TaskConfig
+from tasks.data import BatchMaker, Vocabulary, num_batches
+from tasks.readers import Instance
+
+logger = logging.getLogger(__name__)
+
+
+def predict(model: nn.Module, instances: Sequence[Instance], maker: BatchMaker, cfg: TaskConfig,
+            desc: str = "predict") -> list:
+    """Model outputs (tag id lists or label ids) for every instance, in the instances' order."""
+    model.eval()
+    device = torch.device(cfg.device)
+    out: list = [None] * len(instances)
+    batches = maker.batches(instances, cfg.batch_size, with_targets=False)
+    with torch.no_grad():
+        for batch in tqdm(batches, total=num_batches(len(instances), cfg.batch_size), desc=desc,
+                          unit="batch", leave=False, disable=not cfg.progress):
+            for i, p in zip(batch.index, model.predict(batch.to(device))):
+                out[i] = p
+    return out
+
+
+def evaluate(model: nn.Module, task, instances: Sequence[Instance], maker: BatchMaker,
+             labels: Vocabulary, cfg: TaskConfig, desc: str = "evaluate") -> tuple[dict, list]:
+    """(scores, predictions as strings) on gold ``instances``."""
+    predictions = task.decode(predict(model, instances, maker, cfg, desc), labels, cfg)
+    return task.evaluate(instances, predictions), predictions
+
+
+def train(model: nn.Module, task, cfg: TaskConfig, train_data: Sequence[Instance],
+          dev_data: Sequence[Instance], train_targets: Sequence[Instance], maker: BatchMaker,
+          labels: Vocabulary, log_path: Optional[str] = None,
+          on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
+    """Train ``model`` in place and leave it holding the best weights (by the dev metric).
+
+    ``train_targets`` are the training instances with targets in the model's scheme;
+    ``train_data``/``dev_data`` keep the data's own tags for scoring. ``on_best(model, epoch,
+    scores)`` is called whenever the dev metric improves (the CLI saves the checkpoint there).
+    Returns {"best_epoch", "best_dev", "epochs"}.
+    """
+    device = torch.device(cfg.device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    rng = random.Random(cfg.seed)
+    metric = task.METRIC
+    best, best_epoch, best_state, bad_epochs = float("-inf"), 0, None, 0
+    bilm = getattr(model.encoder, "bilm", None)
+    bilm_calls = [0]
+    hook = bilm.register_forward_hook(lambda *_: bilm_calls.__setitem__(0, bilm_calls[0] + 1)) if bilm else None
+    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    epoch = 0
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            started, calls_before = time.perf_counter(), bilm_calls[0]
+            model.train()
+            total, steps = 0.0, 0
+            batches = maker.batches(train_targets, cfg.batch_size, shuffle=True, rng=rng)
+            bar = tqdm(batches, total=num_batches(len(train_targets), cfg.batch_size),
+                       desc=f"epoch {epoch}", unit="batch", leave=False, disable=not cfg.progress)
+            for batch in bar:
+                loss = model.loss(batch.to(device))
+                if cfg.use_elmo and cfg.mix_l2 > 0:
+                    loss = loss + cfg.mix_l2 * model.encoder.mix_penalty()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                total, steps = total + float(loss.detach()), steps + 1
+                bar.set_postfix(loss=f"{total / steps:.4f}")
+            train_seconds = time.perf_counter() - started
+            scores, _ = evaluate(model, task, dev_data, maker, labels, cfg, desc="dev")
+            record = {"epoch": epoch, "train_loss": total / max(steps, 1), "train_seconds": train_seconds,
+                      "seconds": time.perf_counter() - started, "bilm_calls": bilm_calls[0] - calls_before,
+                      f"dev_{metric}": scores[metric]}
+            if model.encoder.scalar_mix is not None:
+                record["mix_weights"] = model.encoder.scalar_mix.weights().tolist()
+                record["mix_gamma"] = float(model.encoder.scalar_mix.gamma.detach())
+            improved = scores[metric] > best
+            if improved:
+                best, best_epoch, bad_epochs = scores[metric], epoch, 0
+                best_state = head_state(model, include_bilm=cfg.fine_tune)
+                if on_best is not None:
+                    on_best(model, epoch, scores)
+            else:
+                bad_epochs += 1
+            record["best"] = improved
+            logger.info("epoch %d: loss %.4f, dev %s %.2f%s (%.1f s)", epoch, record["train_loss"], metric,
+                        scores[metric], " (best)" if improved else "", record["seconds"])
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if bad_epochs >= cfg.patience:
+                logger.info("no dev improvement for %d epochs: stopping early", bad_epochs)
+                break
+    finally:
+        if hook:
+            hook.remove()
+        if log:
+            log.close()
+    if best_state is not None:
+        load_head_state(model, best_state)
+    return {"best_epoch": best_epoch, f"best_dev_{metric}": best, "epochs": epoch}
