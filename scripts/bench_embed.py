@@ -1,0 +1,252 @@
+"""Inference speed of this package's ELMo, side by side with AllenNLP's on the same weights.
+
+    python scripts/bench_embed.py [--configs small original] [--threads 2] [--runs 7]
+                                  [--file-sentences 400] [--dtypes float32 bfloat16] [--no-peer]
+
+For each size (SMALL = the released 2x1024_128_2048cnn_1xhighway, ORIGINAL = 2x4096_512_2048cnn_
+2xhighway), random weights are written once in the original layout (options.json + HDF5, seed 0)
+and used by both implementations:
+
+* batch: one batch of 32 sentences of 20-30 tokens (words drawn from the peer's sentences.txt
+  with the peer's own recipe, so both sides embed the same batch); median of --runs timed calls
+  after 2 warm-ups, strings -> char ids included. AllenNLP: its bench_reference.py --mode infer.
+* file: a file of --file-sentences sentences (BBC News, tokenized) embedded to HDF5 with
+  `--all`: ours with the featurizer's own batching (Embedder.embed_file), AllenNLP with its
+  run_reference.py (`allennlp elmo` batching, batch 64, --stateless).
+* parity: the maximum absolute difference between the two HDF5 files (both stateless, float32).
+* bfloat16 (opt-in mode): speed on the batch and its maximum absolute error against float32.
+
+Each measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
+The AllenNLP side runs when its environment exists (shared/peers/allennlp-elmo/setup.sh, default
+/tmp/refenv). Prints one table; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_DIR = os.path.join(ROOT, "..", "shared", "peers", "allennlp-elmo")
+REFENV = os.environ.get("REFENV", "/tmp/refenv")
+PEER_NAMES = {"small": "small", "original": "full"}  # the peer scripts' names for the sizes
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_batch(n_sent: int = 32, lo: int = 20, hi: int = 30, seed: int = 0) -> list:
+    """The peer's benchmark batch: words of <= 20 characters from its sentences.txt."""
+    path = os.path.join(PEER_DIR, "sentences.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            vocab = sorted({t for line in f for t in line.split() if len(t) <= 20})
+    else:  # without the peer folder: a fixed pseudo-vocabulary
+        rng0 = random.Random(1)
+        vocab = sorted({"".join(rng0.choice("abcdefghij") for _ in range(rng0.randint(1, 9)))
+                        for _ in range(2000)})
+    rng = random.Random(seed)
+    return [[rng.choice(vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n_sent)]
+
+
+def make_file(path: str, n: int) -> None:
+    """n sentences of BBC News (if fetched) or the peer's sentences, tokenized, one per line."""
+    bbc = os.path.join(ROOT, ".data", "bbcnews")
+    lines: list = []
+    if os.path.isdir(bbc):
+        for folder in sorted(os.listdir(bbc)):
+            for name in sorted(os.listdir(os.path.join(bbc, folder))):
+                with open(os.path.join(bbc, folder, name), encoding="utf-8", errors="replace") as f:
+                    for para in f.read().split("\n"):
+                        for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", para.strip()):
+                            toks = re.findall(r"\w+(?:[-']\w+)*|[^\w\s]", sent)
+                            if 3 <= len(toks) <= 60:
+                                lines.append(" ".join(toks))
+        random.Random(0).shuffle(lines)
+    else:
+        lines = [" ".join(s) for s in make_batch(n, 5, 40, seed=3)]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines[:n]) + "\n")
+
+
+def ensure_weights(size: str, weights_dir: str) -> tuple[str, str]:
+    """Seeded random weights in the original layout, named as the peer scripts expect."""
+    name = PEER_NAMES[size]
+    options = os.path.join(weights_dir, f"{name}_options.json")
+    weights = os.path.join(weights_dir, f"{name}_weights.hdf5")
+    if not (os.path.exists(options) and os.path.exists(weights)):
+        import torch
+
+        from elmo import ElmoBiLM, preset, save_original
+
+        torch.manual_seed(0)
+        model = ElmoBiLM(preset(size))
+        with torch.no_grad():  # a non-trivial bias, so the LSTM gates are not all centred
+            for name_, p in model.named_parameters():
+                if name_.endswith("input_bias"):
+                    p.normal_(0, 0.2)
+        os.makedirs(weights_dir, exist_ok=True)
+        save_original(model, options, weights)
+    return options, weights
+
+
+# -- workers (each in a fresh process) ----------------------------------------------------------
+def worker(spec: dict) -> dict:
+    import numpy as np
+    import torch
+
+    from elmo import Embedder, batch_to_ids
+
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    embedder = Embedder.from_pretrained(options_file=spec["options"], weight_file=spec["weights"],
+                                        device="cpu", dtype=dtype)
+    if spec["mode"] == "batch":
+        batch = make_batch()
+        n_tok = sum(map(len, batch))
+        times, model_times = [], []
+        with torch.inference_mode():
+            for i in range(2 + spec["runs"]):
+                t0 = time.perf_counter()
+                ids = batch_to_ids(batch)
+                t1 = time.perf_counter()
+                out = embedder.model(ids)
+                t2 = time.perf_counter()
+                if i >= 2:
+                    times.append(t2 - t0)
+                    model_times.append(t2 - t1)
+        top = out.layers[-1].float().numpy()
+        if spec.get("save"):
+            np.save(spec["save"], top)
+        med = statistics.median(times)
+        return {"tokens_per_s": n_tok / med, "model_tokens_per_s": n_tok / statistics.median(model_times),
+                "best_tokens_per_s": n_tok / min(times), "ms": med * 1000, "tokens": n_tok,
+                "peak_mib": peak_mib()}
+    t0 = time.perf_counter()
+    embedder.embed_file(spec["input"], spec["output"], output="all")
+    dt = time.perf_counter() - t0
+    with open(spec["input"], encoding="utf-8") as f:
+        n_tok = sum(len(line.split()) for line in f)
+    return {"tokens_per_s": n_tok / dt, "seconds": dt, "tokens": n_tok, "peak_mib": peak_mib()}
+
+
+def run_worker(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_peer_batch(size: str, weights_dir: str, runs: int, threads: int) -> dict | None:
+    cmd = [os.path.join(REFENV, "bin", "python"), os.path.join(PEER_DIR, "bench_reference.py"),
+           "--configs", PEER_NAMES[size], "--mode", "infer", "--weights-dir", weights_dir,
+           "--runs", str(runs), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    m = re.search(r"([\d.]+) tokens/s median.*peak RSS (\d+) MiB", out.stdout)
+    if out.returncode != 0 or not m:
+        print(f"# AllenNLP batch run failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+
+
+def run_peer_file(options: str, weights: str, src: str, dst: str, threads: int) -> dict | None:
+    cmd = [os.path.join(REFENV, "bin", "python"), os.path.join(PEER_DIR, "run_reference.py"),
+           "--options", options, "--weights", weights, "--input", src, "--output", dst,
+           "--batch-size", "64", "--stateless", "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    m = re.search(r"\(([\d.]+) tokens/s\), peak RSS (\d+) MiB", out.stderr)
+    if out.returncode != 0 or not m:
+        print(f"# AllenNLP file run failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+
+
+def max_diff_hdf5(a: str, b: str) -> float:
+    import h5py
+    import numpy as np
+
+    worst = 0.0
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for k in fa.keys():
+            if k != "sentence_to_index":
+                worst = max(worst, float(np.abs(fa[k][...] - fb[k][...]).max(initial=0.0)))
+    return worst
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["small", "original"], choices=list(PEER_NAMES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--file-sentences", type=int, default=400)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--weights-dir", default=os.path.join(tempfile.gettempdir(), "elmo_bench_weights"))
+    ap.add_argument("--no-peer", action="store_true", help="skip AllenNLP even if it is set up")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    peer = not args.no_peer and os.path.exists(os.path.join(REFENV, "bin", "python")) \
+        and os.path.isdir(PEER_DIR)
+    import torch
+
+    print(f"# torch {torch.__version__}, {args.threads} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; AllenNLP peer: {'yes' if peer else 'no'}")
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="elmo_bench_")
+    src = os.path.join(tmp, "sentences.txt")
+    make_file(src, args.file_sentences)
+    for size in args.configs:
+        options, weights = ensure_weights(size, args.weights_dir)
+        base = {"options": options, "weights": weights, "threads": args.threads, "runs": args.runs}
+        ref_top = os.path.join(tmp, f"{size}_float32_top.npy")
+        peer_batch = run_peer_batch(size, args.weights_dir, args.runs, args.threads) if peer else None
+        for dtype in args.dtypes:
+            spec = dict(base, mode="batch", dtype=dtype, save=os.path.join(tmp, f"{size}_{dtype}_top.npy"))
+            r = run_worker(spec)
+            err = ""
+            if dtype != "float32" and os.path.exists(ref_top):
+                import numpy as np
+
+                a, b = np.load(ref_top), np.load(spec["save"])
+                err = f"max |err| {np.abs(a - b).max():.3g} (max |x| {np.abs(a).max():.3g})"
+            rows.append((size, f"batch 32x20-30 ({r['tokens']} tok)", dtype, r["tokens_per_s"],
+                         peer_batch["tokens_per_s"] if peer_batch else None, r["peak_mib"],
+                         peer_batch["peak_mib"] if peer_batch else None, err))
+        n_tok = None
+        ours_h5 = os.path.join(tmp, f"{size}_ours.hdf5")
+        r = run_worker(dict(base, mode="file", dtype="float32", input=src, output=ours_h5))
+        n_tok = r["tokens"]
+        peer_file, parity = None, ""
+        if peer:
+            ref_h5 = os.path.join(tmp, f"{size}_allennlp.hdf5")
+            peer_file = run_peer_file(options, weights, src, ref_h5, args.threads)
+            if peer_file:
+                parity = f"max |ours - AllenNLP| {max_diff_hdf5(ref_h5, ours_h5):.2g}"
+        rows.append((size, f"file {args.file_sentences} sent ({n_tok} tok)", "float32",
+                     r["tokens_per_s"], peer_file["tokens_per_s"] if peer_file else None,
+                     r["peak_mib"], peer_file["peak_mib"] if peer_file else None, parity))
+
+    print()
+    print("| size | workload | dtype | ours tok/s | AllenNLP tok/s | ratio | ours peak MiB | AllenNLP peak MiB | note |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for size, work, dtype, ours, theirs, mem, pmem, note in rows:
+        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+        print(f"| {size} | {work} | {dtype} | {ours:,.0f} | {f'{theirs:,.0f}' if theirs else '-'} | "
+              f"{ratio} | {mem:,.0f} | {f'{pmem:,.0f}' if pmem else '-'} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
