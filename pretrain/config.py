@@ -1,0 +1,232 @@
+"""Pretraining configuration: plain dataclasses, saved as JSON next to the run.
+
+``PretrainConfig`` nests the model (``elmo.ElmoConfig``) and one dataclass per stage: data,
+softmax, optimizer, training loop. Every field can be overridden from the command line with a
+dotted path (``--set optim.lr=0.1``, ``--set model.bilm.dim=256``). Loading rejects unknown keys
+and lists the valid ones. Defaults follow the original training setup (bilm-tf): 20-token windows
+with state carried across batches, 8192 sampled negatives, Adagrad lr 0.2 with initial
+accumulator 1.0, gradient norm clip 10, dropout 0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from elmo.config import ElmoConfig, preset, write_json_atomic
+
+TOKENIZERS = ("whitespace", "punct")
+BATCH_MODES = ("window", "sentence")
+SOFTMAX_KINDS = ("sampled", "full", "adaptive")
+OPTIMIZERS = ("adagrad", "adam")
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _choice(section: str, name: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        raise ValueError(f"{section}.{name} must be one of {list(options)}, got {value!r}")
+
+
+def _at_least(section: str, obj: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < minimum):
+            raise ValueError(f"{section}.{name} must be a number >= {minimum}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "whitespace"      # "punct" also splits punctuation off words (raw prose)
+    heldout_fraction: float = 0.02     # of the lines, when no held-out file is given
+    max_vocab_size: Optional[int] = None   # including <S>, </S>, <UNK>
+    min_count: int = 1
+    batch_mode: str = "window"         # "window": the original's truncated BPTT; "sentence"
+    window: int = 20                   # tokens per row per batch in window mode
+    batch_size: int = 128              # rows per process
+    max_sentence_tokens: int = 200     # longer lines are cut into pieces (sentence mode, eval)
+    streaming: bool = False            # read the corpus lazily (larger than memory)
+    shuffle_buffer: int = 10000        # streaming only: shuffle within a buffer of lines
+    eval_max_tokens: Optional[int] = 100_000  # cap on held-out tokens per evaluation
+    text_field: str = "text"           # column of a hub dataset holding the text
+
+    def __post_init__(self) -> None:
+        _choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
+        _choice("data", "batch_mode", self.batch_mode, BATCH_MODES)
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        _at_least("data", self, 1, "min_count", "window", "batch_size", "max_sentence_tokens",
+                  "shuffle_buffer", "eval_max_tokens")
+        _at_least("data", self, 4, "max_vocab_size")
+
+
+@dataclass
+class SoftmaxConfig:
+    kind: str = "sampled"              # "sampled" (training only; full at evaluation), "full", "adaptive"
+    num_samples: int = 8192            # log-uniform negatives shared by the batch
+    adaptive_cutoffs: list = field(default_factory=lambda: [2000, 10000])
+    adaptive_div_value: float = 4.0
+
+    def __post_init__(self) -> None:
+        _choice("softmax", "kind", self.kind, SOFTMAX_KINDS)
+        _at_least("softmax", self, 1, "num_samples")
+        _at_least("softmax", self, 1.0, "adaptive_div_value")
+        if not self.adaptive_cutoffs or any(int(c) < 1 for c in self.adaptive_cutoffs) or \
+                list(self.adaptive_cutoffs) != sorted(set(self.adaptive_cutoffs)):
+            raise ValueError("softmax.adaptive_cutoffs must be increasing positive integers, got "
+                             f"{self.adaptive_cutoffs!r}")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adagrad"
+    lr: float = 0.2
+    adagrad_initial_accumulator: float = 1.0
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"         # after warm-up: constant, linear or cosine decay to min_lr_ratio
+    min_lr_ratio: float = 0.0
+    clip_norm: Optional[float] = 10.0  # L2 norm of all gradients together; null = off
+    clip_value: Optional[float] = None  # clamp every gradient entry to +-clip_value; null = off
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
+        _choice("optim", "schedule", self.schedule, SCHEDULES)
+        _at_least("optim", self, 0, "lr", "adagrad_initial_accumulator", "weight_decay",
+                  "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"optim.dropout must be in [0, 1), got {self.dropout}")
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"optim.adam_betas must be [beta1, beta2], got {self.adam_betas!r}")
+
+
+@dataclass
+class TrainConfig:
+    max_tokens: Optional[int] = None   # budget: exactly one of max_tokens / max_steps / epochs
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"               # "auto" = cuda when available, else cpu
+    precision: str = "fp32"            # bf16 / fp16 autocast (fp16 with a loss scaler)
+    threads: Optional[int] = None      # torch CPU threads; null = torch's default
+    log_every: int = 10                # steps between metrics lines
+    eval_every: Optional[int] = None   # steps between held-out evaluations; null = about 10 per run
+    checkpoint_every: Optional[int] = None  # steps; null = about 10 per run
+    keep_checkpoints: int = 3
+    dedup_tokens: bool = True          # run the char CNN once per distinct token of a batch
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("train", "precision", self.precision, PRECISIONS)
+        _at_least("train", self, 1, "max_tokens", "max_steps", "threads", "log_every",
+                  "eval_every", "checkpoint_every", "keep_checkpoints")
+        _at_least("train", self, 0, "epochs")
+
+    def budget(self) -> tuple[str, float]:
+        """The one training budget that is set, as (kind, amount)."""
+        given = [(k, v) for k, v in (("max_tokens", self.max_tokens), ("max_steps", self.max_steps),
+                                     ("epochs", self.epochs)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one training budget: --max-tokens, --max-steps or --epochs "
+                             f"(got {', '.join(k for k, _ in given) or 'none'})")
+        return given[0]
+
+
+@dataclass
+class PretrainConfig:
+    model: ElmoConfig = field(default_factory=lambda: preset("tiny"))
+    data: DataConfig = field(default_factory=DataConfig)
+    softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PretrainConfig":
+        return _from_dict(cls, data, "")
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PretrainConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    def with_override(self, assignment: str) -> "PretrainConfig":
+        """A copy with one ``dotted.path=value`` applied (value parsed as JSON, else a string)."""
+        if "=" not in assignment:
+            raise ValueError(f"--set expects FIELD=VALUE (e.g. optim.lr=0.1), got {assignment!r}")
+        path, raw = assignment.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        data = self.to_dict()
+        node, keys = data, path.strip().split(".")
+        for i, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                where = ".".join(keys[:i]) or "the config"
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(f"--set {path}: no field {key!r} in {where}; valid fields: {valid}")
+            if i == len(keys) - 1:
+                node[key] = value
+            else:
+                node = node[key]
+        return PretrainConfig.from_dict(data)
+
+
+# Training settings per size on top of the model preset. ``tiny`` is sized for two CPU cores.
+TRAIN_PRESETS = {
+    "tiny": {"data": {"batch_size": 64, "max_vocab_size": 20000},
+             "softmax": {"num_samples": 2048}},
+    "small": {},
+    "medium": {},
+    "original": {},
+}
+
+
+def pretrain_preset(name: str) -> PretrainConfig:
+    """The model preset ``name`` (elmo.config.preset) with its training settings."""
+    config = PretrainConfig(model=preset(name)).to_dict()
+    for section, values in TRAIN_PRESETS.get(name, {}).items():
+        config[section].update(values)
+    return PretrainConfig.from_dict(config)
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config{where}: expected a JSON object for {cls.__name__}, "
+                         f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"config{where}: unknown key(s) {unknown} for {cls.__name__}; "
+                         f"valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        ftype = hints[name]
+        if ftype is ElmoConfig:
+            kwargs[name] = ElmoConfig.from_dict(value)
+        elif dataclasses.is_dataclass(ftype):
+            kwargs[name] = _from_dict(ftype, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # e.g. a string where a number was expected
+        raise ValueError(f"config{where}: {e}") from None

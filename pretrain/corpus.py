@@ -1,0 +1,242 @@
+"""Training text: files, globs, folders or a hub dataset, read through ``datasets``, tokenized.
+
+One line is one training "sentence" (a sentence or a paragraph); blank lines are skipped. The
+held-out part is a separate input, or a fraction of the lines chosen by a hash of the line's text
+(so it is the same in every epoch, in streaming mode, and duplicated lines never straddle the
+split). Files are checked before reading: an empty file is skipped with a warning, a file that
+looks binary is an error naming it, and a few bytes that are not UTF-8 are replaced (a warning
+says where).
+
+``EncodedCorpus`` holds a corpus in memory as type ids (4 bytes per token); ``StreamingCorpus``
+re-reads the text each epoch for corpora larger than memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import zlib
+from collections import Counter
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from pretrain.vocab import WordTable
+
+logger = logging.getLogger(__name__)
+
+_CLITIC = r"(?:s|re|ve|ll|d|m)\b"
+_PUNCT_TOKEN = re.compile(rf"""
+    (?:[^\W\d_]\.){{2,}}               # abbreviations: U.S.
+  | \w+(?=n['’]t\b) | n['’]t\b         # do n't
+  | ['’]{_CLITIC}                      # 's 're 've 'll 'd 'm
+  | \d+(?:[.,:]\d+)+                   # 7,500  3.5  10:30
+  | \w+(?:(?:-|['’](?!{_CLITIC}))\w+)*  # words, e-mail, O'Neill
+  | \.{{2,}}                           # ...
+  | \S                                 # any other character on its own
+""", re.X | re.I)
+_SNIFF_BYTES = 1 << 16
+
+
+def get_tokenizer(name: str) -> Callable[[str], list]:
+    """``whitespace``: str.split; ``punct``: words, numbers and punctuation marks (PTB-like)."""
+    if name == "whitespace":
+        return str.split
+    if name == "punct":
+        return _PUNCT_TOKEN.findall
+    raise ValueError(f"unknown tokenizer {name!r}; valid: whitespace, punct")
+
+
+def resolve_files(specs: Sequence[str]) -> list[str]:
+    """Files, glob patterns and folders (all files below, recursively) -> sorted file list."""
+    files: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
+                           if os.path.isfile(p) and not os.path.basename(p).startswith("."))
+            if not found:
+                raise ValueError(f"{spec}: the folder holds no files")
+        elif os.path.isfile(spec):
+            found = [spec]
+        else:
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise FileNotFoundError(f"{spec}: no such file, folder or glob match")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def check_text_file(path: str) -> bool:
+    """False for an empty file (skip it); raise for a binary one; warn about non-UTF-8 bytes."""
+    size = os.path.getsize(path)
+    if size == 0:
+        logger.warning("%s: empty file, skipped", path)
+        return False
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        raise ValueError(f"{path}: looks like a binary file (it contains NUL bytes); the corpus "
+                         "must be UTF-8 text, one sentence or paragraph per line")
+    text = head.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - head.decode("utf-8", errors="ignore").count("\ufffd")
+    if len(head) == _SNIFF_BYTES:  # a multi-byte character may be cut at the end
+        bad = max(0, bad - 1)
+    if bad > max(8, len(head) // 100):
+        raise ValueError(f"{path}: {bad} of the first {len(head)} bytes are not UTF-8; this does "
+                         "not look like UTF-8 text (convert it, e.g. iconv -f latin1 -t utf-8)")
+    if bad:
+        logger.warning("%s: %d byte(s) in the first %d KiB are not UTF-8; they are read as U+FFFD",
+                       path, bad, len(head) // 1024)
+    return True
+
+
+def is_heldout(line: str, fraction: float) -> bool:
+    """A line's side of the split: a hash of its text, stable across runs, seeds and platforms."""
+    if fraction <= 0.0:
+        return False
+    h = zlib.crc32(line.encode("utf-8", "replace"))
+    return h < fraction * 4294967296.0
+
+
+def open_text(specs: Sequence[str], streaming: bool, text_field: str = "text"):
+    """A ``datasets`` dataset of lines for local inputs, or a hub dataset name (needs network)."""
+    import datasets
+
+    local = [s for s in specs if os.path.exists(s) or glob.has_magic(s)]
+    if local and len(local) == len(specs):
+        files = [f for f in resolve_files(specs) if check_text_file(f)]
+        if not files:
+            raise ValueError(f"{', '.join(specs)}: every file is empty; there is no text to train on")
+        return datasets.load_dataset("text", data_files={"train": files}, split="train",
+                                     streaming=streaming, encoding_errors="replace")
+    if local:
+        raise ValueError(f"mix of local paths and other names: {list(specs)}; pass either files, "
+                         "folders and globs, or one hub dataset name")
+    if len(specs) != 1:
+        raise FileNotFoundError(f"not found: {list(specs)}; pass files, folders or globs (or one "
+                                "hub dataset name)")
+    name, _, split = specs[0].partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train", streaming=streaming)
+    except Exception as e:  # offline, unknown name, ...
+        raise ValueError(f"{specs[0]}: not a local file/folder/glob, and loading it as a hub dataset "
+                         f"failed ({type(e).__name__}: {e})") from None
+    if text_field != "text":
+        ds = ds.rename_column(text_field, "text")
+    return ds
+
+
+def iter_lines(dataset) -> Iterator[str]:
+    """Non-blank lines of a ``datasets`` dataset (map-style in batches, or iterable)."""
+    rows = (line for b in dataset.iter(batch_size=1000) for line in b["text"]) \
+        if hasattr(dataset, "__len__") else (r["text"] for r in dataset)
+    for line in rows:
+        if line and not line.isspace():
+            yield line
+
+
+class EncodedCorpus:
+    """Sentences as type ids in one flat int32 array (``offsets`` has one entry more)."""
+
+    def __init__(self, table: WordTable, sentences: Sequence[np.ndarray]) -> None:
+        self.table = table
+        lengths = np.array([len(s) for s in sentences], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.ids = np.concatenate(list(sentences)).astype(np.int32) if len(sentences) else \
+            np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def order(self, epoch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """This rank's sentence order for an epoch: a seeded shuffle, every ``world``-th one."""
+        perm = np.random.default_rng([seed, epoch]).permutation(len(self))
+        return perm[rank::world]
+
+    def sentences(self, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  start: int = 0) -> Iterator[np.ndarray]:
+        for i in self.order(epoch, seed, rank, world)[start:]:
+            yield self[int(i)]
+
+
+def load_corpus(train: Sequence[str], heldout: Optional[Sequence[str]], table: WordTable,
+                tokenizer: str, heldout_fraction: float, text_field: str = "text"
+                ) -> tuple[EncodedCorpus, EncodedCorpus]:
+    """Read, tokenize and encode the training and held-out text in memory."""
+    tokenize = get_tokenizer(tokenizer)
+    train_ids, held_ids = [], []
+    fraction = 0.0 if heldout else heldout_fraction
+    for line in iter_lines(open_text(train, False, text_field)):
+        tokens = tokenize(line)
+        if tokens:
+            (held_ids if is_heldout(line, fraction) else train_ids).append(table.encode(tokens))
+    if heldout:
+        for line in iter_lines(open_text(heldout, False, text_field)):
+            tokens = tokenize(line)
+            if tokens:
+                held_ids.append(table.encode(tokens))
+    if not train_ids:
+        raise ValueError(f"{', '.join(train)}: no training text (no non-blank line"
+                         f"{' outside the held-out fraction' if fraction else ''})")
+    return EncodedCorpus(table, train_ids), EncodedCorpus(table, held_ids)
+
+
+class StreamingCorpus:
+    """Re-reads the training lines every epoch (shuffled in a buffer); never all in memory."""
+
+    def __init__(self, train: Sequence[str], table: WordTable, tokenizer: str,
+                 heldout_fraction: float, shuffle_buffer: int, text_field: str = "text") -> None:
+        self.specs, self.table = list(train), table
+        self.tokenize = get_tokenizer(tokenizer)
+        self.fraction, self.shuffle_buffer = heldout_fraction, shuffle_buffer
+        self.text_field = text_field
+
+    def _dataset(self, epoch: Optional[int], seed: int, rank: int, world: int):
+        ds = open_text(self.specs, True, self.text_field)
+        if world > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+        if epoch is not None:
+            ds = ds.shuffle(seed=seed * 100003 + epoch, buffer_size=self.shuffle_buffer)
+        return ds
+
+    def scan(self, heldout_max_tokens: Optional[int]) -> tuple[Counter, int, int, list]:
+        """One pass in file order: word counts, token and sentence counts of the training side,
+        and the held-out sentences (type ids; at most ``heldout_max_tokens`` tokens are kept)."""
+        counts, n_tokens, n_sentences, heldout, n_held = Counter(), 0, 0, [], 0
+        for line in iter_lines(self._dataset(None, 0, 0, 1)):
+            tokens = self.tokenize(line)
+            if not tokens:
+                continue
+            if is_heldout(line, self.fraction):
+                if heldout_max_tokens is None or n_held < heldout_max_tokens:
+                    heldout.append(self.table.encode(tokens))
+                    n_held += len(tokens)
+            else:
+                counts.update(tokens)
+                n_tokens += len(tokens)
+                n_sentences += 1
+        if n_tokens == 0:
+            raise ValueError(f"{', '.join(self.specs)}: no training text")
+        return counts, n_tokens, n_sentences, heldout
+
+    def sentences(self, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  start: int = 0) -> Iterator[np.ndarray]:
+        n = 0
+        for line in iter_lines(self._dataset(epoch, seed, rank, world)):
+            tokens = self.tokenize(line)
+            if not tokens or is_heldout(line, self.fraction):
+                continue
+            n += 1
+            if n > start:
+                yield self.table.encode(tokens)

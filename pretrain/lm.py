@@ -1,0 +1,113 @@
+"""The bidirectional language model: ``elmo.ElmoBiLM`` plus one softmax for both directions.
+
+The top biLM layer (B, T, 2P) is [forward; backward]: the forward half at position t predicts
+token t+1, the backward half token t-1 (Peters et al. 2018, sec. 3.1). The training loss is the
+mean of the forward and the backward mean token losses; the module returns sums and counts per
+direction so that the trainer can normalise by the counts of all processes together (which makes
+several processes equal to one process with the combined batch).
+
+A batch holds each distinct token's characters once (``Batch.token_chars``); with ``dedup`` the
+character CNN runs once per distinct token and the result is gathered into place, which gives the
+same numbers as ``ElmoBiLM.forward`` on the full (B, T, C) ids at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from elmo.bilm import BiLMState
+from elmo.config import ElmoConfig
+from elmo.model import ElmoBiLM
+from pretrain.batches import Batch
+from pretrain.config import SoftmaxConfig
+from pretrain.softmax import LMSoftmax
+
+
+class LMOutput(NamedTuple):
+    forward_loss_sum: torch.Tensor   # () float32: summed token losses, forward direction
+    backward_loss_sum: torch.Tensor  # () float32
+    forward_count: torch.Tensor      # () long: number of forward targets
+    backward_count: torch.Tensor     # () long
+    state: BiLMState                 # final biLM state of every row (not detached)
+
+
+class BidirectionalLM(nn.Module):
+    def __init__(self, config: ElmoConfig, vocab_size: int, softmax: SoftmaxConfig,
+                 dedup: bool = True, bilm: Optional[ElmoBiLM] = None) -> None:
+        super().__init__()
+        self.bilm = bilm if bilm is not None else ElmoBiLM(config)
+        self.softmax = LMSoftmax(config.bilm.projection_dim, vocab_size, softmax)
+        self.dedup = dedup
+
+    def top_layer(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0
+                  ) -> tuple[torch.Tensor, BiLMState]:
+        """The top biLM layer (B, T, 2P) (float32) and the final state."""
+        if not self.dedup:
+            out = self.bilm(batch.char_ids(), state=state, add_boundaries=False, dropout=dropout)
+            return out.layers[-1], out.state
+        mask = batch.mask  # (B, T)
+        vectors = self.bilm.char_cnn.encode_tokens(batch.token_chars)  # (U, P)
+        tokens = vectors[batch.tokens.clamp(min=0)]  # (B, T, P)
+        tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
+        layers, final = self.bilm.bilm(tokens, mask, state, dropout=dropout)
+        return layers[-1], final
+
+    def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> LMOutput:
+        top, final = self.top_layer(batch, state, dropout)
+        if dropout > 0 and self.training:  # the original also drops the LSTM output before the softmax
+            top = nn.functional.dropout(top, dropout, training=True)
+        P = top.shape[-1] // 2
+        fsel, bsel = batch.forward_targets >= 0, batch.backward_targets >= 0  # (B, T)
+        hidden = torch.cat([top[..., :P][fsel], top[..., P:][bsel]])  # (Nf + Nb, P)
+        targets = torch.cat([batch.forward_targets[fsel], batch.backward_targets[bsel]])
+        losses = self.softmax(hidden, targets, generator)  # (Nf + Nb,)
+        nf = int(fsel.sum())
+        return LMOutput(losses[:nf].sum(), losses[nf:].sum(), fsel.sum(), bsel.sum(), final)
+
+
+@torch.no_grad()
+def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None) -> dict:
+    """Exact (full-softmax) mean loss and perplexity per direction over sentence-mode batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums, counts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            out = model(batch.to(device))
+            sums += torch.stack([out.forward_loss_sum, out.backward_loss_sum]).double().cpu()
+            counts += torch.stack([out.forward_count, out.backward_count]).cpu()
+    finally:
+        model.train(was_training)
+    return perplexities(sums, counts)
+
+
+def perplexities(sums: torch.Tensor, counts: torch.Tensor) -> dict:
+    loss = (sums / counts.clamp(min=1)).tolist()
+    return {"forward_loss": loss[0], "backward_loss": loss[1],
+            "forward_ppl": float(torch.tensor(loss[0]).exp()),
+            "backward_ppl": float(torch.tensor(loss[1]).exp()),
+            "tokens": int(counts[0])}
+
+
+def unigram_log_probs(target_counts: torch.Tensor) -> torch.Tensor:
+    """Add-one smoothed unigram log-probabilities (V,) from training target counts (V,)."""
+    counts = target_counts.double() + 1.0
+    return torch.log(counts / counts.sum())
+
+
+def unigram_perplexity(log_probs: torch.Tensor, batches) -> dict:
+    """The unigram model's perplexity on exactly the targets the LM is evaluated on."""
+    sums, counts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    for batch in batches:
+        for d, targets in enumerate((batch.forward_targets, batch.backward_targets)):
+            t = targets[targets >= 0]
+            sums[d] -= log_probs[t].sum()
+            counts[d] += len(t)
+    return perplexities(sums, counts)

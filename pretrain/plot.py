@@ -1,0 +1,58 @@
+"""A PNG of a run's curves from ``metrics.jsonl``: training loss and held-out perplexity.
+
+matplotlib is an optional dependency (``pip install elmo-pytorch[plot]``); without it the plot is
+skipped with a message and everything else works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] = None) -> bool:
+    """Write the figure; False (and a log message) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot (pip install 'elmo-pytorch[plot]')")
+        return False
+    records = read_metrics(metrics_path)
+    train = [r for r in records if "loss_mean" in r]
+    held = [r for r in records if "heldout_forward_ppl" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax1.plot([r["tokens"] for r in train], [r["loss_mean"] for r in train], label="training loss")
+    ax1.set_xlabel("training tokens")
+    ax1.set_ylabel("loss (nats per token)")
+    ax1.set_title("training loss (mean of both directions)")
+    ax1.legend()
+    if held:
+        x = [r["tokens"] for r in held]
+        ax2.plot(x, [r["heldout_forward_ppl"] for r in held], "o-", label="forward LM")
+        ax2.plot(x, [r["heldout_backward_ppl"] for r in held], "s-", label="backward LM")
+    if unigram_ppl is not None:
+        ax2.axhline(unigram_ppl, color="gray", linestyle="--", label="unigram baseline")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("training tokens")
+    ax2.set_ylabel("held-out perplexity (full softmax)")
+    ax2.set_title("held-out perplexity")
+    ax2.legend()
+    fig.tight_layout()
+    tmp = f"{out_path}.tmp.{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return True
