@@ -96,54 +96,61 @@ class LstmProjection(nn.Module):
         x = inputs.to(w.dtype).reshape(T * B, inputs.shape[-1])
         x_proj = torch.addmm(self.effective_bias().to(w.dtype), x, self.input_weight.to(w.dtype))
         x_proj = x_proj.view(T, B, 4 * self.hidden_dim)  # all steps in one matmul
-        sizes = tuple(int(n) for n in batch_sizes)
-        if torch.is_grad_enabled() and any(
-                t.requires_grad for t in (x_proj, h0, c0, w, self.projection_weight)):
-            out, h, c = _LstmRecurrence.apply(x_proj, h0, c0, w, self.projection_weight, sizes,
-                                              self.cell_clip, self.proj_clip)
-        else:
-            out, h, c, _ = _recurrence(x_proj, h0, c0, w, self.projection_weight, sizes,
-                                       self.cell_clip, self.proj_clip, save=False)
-        return out, (h, c)
+        out, h, c = run_recurrence(x_proj.unsqueeze(0), h0.unsqueeze(0), c0.unsqueeze(0),
+                                   w.unsqueeze(0), self.projection_weight.unsqueeze(0),
+                                   batch_sizes, self.cell_clip, self.proj_clip)
+        return out[0], (h[0], c[0])
+
+
+def run_recurrence(x_proj, h0, c0, w_h, w_p, batch_sizes, cell_clip, proj_clip):
+    """The LSTM time loop for D independent directions at once (D = 1 or 2).
+
+    x_proj (D, T, B, 4H) holds x W_x + b; h0 (D, B, P), c0 (D, B, H); w_h (D, P, 4H),
+    w_p (D, H, P). Returns out (D, T, B, P), h (D, B, P), c (D, B, H). The directions share
+    ``batch_sizes`` (the backward direction runs on rows reversed within their lengths), so one
+    batched matmul per step serves both. Uses the hand-written backward when gradients are needed.
+    """
+    sizes = tuple(int(n) for n in batch_sizes)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, h0, c0, w_h, w_p)):
+        return _LstmRecurrence.apply(x_proj, h0, c0, w_h, w_p, sizes, cell_clip, proj_clip)
+    out, h, c, _ = _recurrence(x_proj, h0, c0, w_h, w_p, sizes, cell_clip, proj_clip, save=False)
+    return out, h, c
 
 
 def _recurrence(x_proj, h0, c0, w_h, w_p, batch_sizes, cell_clip, proj_clip, save: bool):
-    """The time loop. x_proj (T, B, 4H) already holds x W_x + b. Returns out (T, B, P), h, c and,
-    with ``save``, the gate activations (T, B, 4H) and clipped cells (T, B, H) for backward."""
-    T, B, H4 = x_proj.shape
+    """The time loop (see ``run_recurrence`` for shapes). With ``save``, also returns the gate
+    activations (D, T, B, 4H) and clipped cells (D, T, B, H) for the backward pass."""
+    D, T, B, H4 = x_proj.shape
     H = H4 // 4
     sdt = h0.dtype  # float32 (float64 in gradient checks); the matmuls run in w_h.dtype
     mm_dt = w_h.dtype
-    out = x_proj.new_zeros((T, B, w_p.shape[1]), dtype=sdt)
-    gates_all = x_proj.new_zeros((T, B, H4), dtype=sdt) if save else None
-    cells_all = x_proj.new_zeros((T, B, H), dtype=sdt) if save else None
-    h, c = h0.clone(), c0.clone()  # (B, P), (B, H): rows >= n keep their final state
+    out = x_proj.new_zeros((D, T, B, w_p.shape[-1]), dtype=sdt)
+    gates_all = x_proj.new_zeros((D, T, B, H4), dtype=sdt) if save else None
+    cells_all = x_proj.new_zeros((D, T, B, H), dtype=sdt) if save else None
+    h, c = h0.clone(), c0.clone()  # (D, B, P), (D, B, H): rows >= n keep their final state
     for t in range(T):
         n = batch_sizes[t]
         if n == 0:
             break
-        gates = torch.addmm(x_proj[t, :n], h[:n].to(mm_dt), w_h)  # (n, 4H)
+        gates = torch.baddbmm(x_proj[:, t, :n], h[:, :n].to(mm_dt), w_h)  # (D, n, 4H)
         if mm_dt != sdt:
             gates = gates.to(sdt)
-        act = gates_all[t, :n] if save else gates
-        torch.sigmoid(gates[:, : 3 * H], out=act[:, : 3 * H])
-        torch.tanh(gates[:, 3 * H :], out=act[:, 3 * H :])
-        i, f, o, g = act[:, :H], act[:, H : 2 * H], act[:, 2 * H : 3 * H], act[:, 3 * H :]
-        c_n = torch.addcmul(f * c[:n], i, g)
+        act = gates_all[:, t, :n] if save else gates
+        torch.sigmoid(gates[..., : 3 * H], out=act[..., : 3 * H])
+        torch.tanh(gates[..., 3 * H :], out=act[..., 3 * H :])
+        i, f, o, g = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+        c_n = torch.addcmul(f * c[:, :n], i, g)
         if cell_clip is not None:
             c_n.clamp_(-cell_clip, cell_clip)
-        c[:n] = c_n
+        c[:, :n] = c_n
         if save:
-            cells_all[t, :n] = c_n
-        m = o * torch.tanh(c_n)  # (n, H)
-        h_n = out[t, :n]
-        if mm_dt == sdt:
-            torch.mm(m, w_p, out=h_n)
-        else:
-            h_n.copy_(torch.mm(m.to(mm_dt), w_p))
+            cells_all[:, t, :n] = c_n
+        m = o * torch.tanh(c_n)  # (D, n, H)
+        h_n = torch.bmm(m.to(mm_dt), w_p)  # (D, n, P)
         if proj_clip is not None:
             h_n.clamp_(-proj_clip, proj_clip)
-        h[:n] = h_n
+        out[:, t, :n] = h_n
+        h[:, :n] = h_n
     return out, h, c, (gates_all, cells_all)
 
 
@@ -166,45 +173,46 @@ class _LstmRecurrence(torch.autograd.Function):
     def backward(ctx, g_out, g_h, g_c):
         h0, c0, w_h, w_p, out, gates, cells = ctx.saved_tensors
         bs, cell_clip, proj_clip = ctx.batch_sizes, ctx.cell_clip, ctx.proj_clip
-        T, B, H4 = gates.shape
+        D, T, B, H4 = gates.shape
         H, P = H4 // 4, out.shape[-1]
         dt = out.dtype
-        dh = g_h.to(dt).clone() if g_h is not None else h0.new_zeros((B, P))
-        dc = g_c.to(dt).clone() if g_c is not None else c0.new_zeros((B, H))
+        dh = g_h.to(dt).clone() if g_h is not None else h0.new_zeros((D, B, P))
+        dc = g_c.to(dt).clone() if g_c is not None else c0.new_zeros((D, B, H))
         g_out = g_out.to(dt) if g_out is not None else out.new_zeros(out.shape)
-        d_gates = gates.new_zeros((T, B, H4))
-        d_h_all = out.new_zeros((T, B, P))  # gradient at each step's (pre-clip) projection output
-        w_p_t, w_h_t = w_p.t(), w_h.t()
+        d_gates = gates.new_zeros((D, T, B, H4))
+        d_h_all = out.new_zeros((D, T, B, P))  # gradient at each step's (pre-clip) projection
+        # Contiguous transposes: a product against a transposed view is much slower on CPU.
+        w_p_t, w_h_t = w_p.transpose(1, 2).contiguous(), w_h.transpose(1, 2).contiguous()
         for t in reversed(range(T)):
             n = bs[t]
             if n == 0:
                 continue
-            d_hn = g_out[t, :n] + dh[:n]
+            d_hn = g_out[:, t, :n] + dh[:, :n]
             if proj_clip is not None:
-                d_hn = d_hn * (out[t, :n].abs() < proj_clip)
-            d_h_all[t, :n] = d_hn
-            dm = torch.mm(d_hn, w_p_t)  # (n, H)
-            act = gates[t, :n]
-            i, f, o, g = act[:, :H], act[:, H : 2 * H], act[:, 2 * H : 3 * H], act[:, 3 * H :]
-            c_t = cells[t, :n]
+                d_hn = d_hn * (out[:, t, :n].abs() < proj_clip)
+            d_h_all[:, t, :n] = d_hn
+            dm = torch.bmm(d_hn, w_p_t)  # (D, n, H)
+            act = gates[:, t, :n]
+            i, f, o, g = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+            c_t = cells[:, t, :n]
             tanh_c = torch.tanh(c_t)
-            d_c = dc[:n] + dm * o * (1 - tanh_c * tanh_c)
+            d_c = dc[:, :n] + dm * o * (1 - tanh_c * tanh_c)
             if cell_clip is not None:
                 d_c = d_c * (c_t.abs() < cell_clip)
-            c_prev = cells[t - 1, :n] if t > 0 else c0[:n]
-            dg = d_gates[t, :n]
-            torch.mul(d_c * g, i * (1 - i), out=dg[:, :H])
-            torch.mul(d_c * c_prev, f * (1 - f), out=dg[:, H : 2 * H])
-            torch.mul(dm * tanh_c, o * (1 - o), out=dg[:, 2 * H : 3 * H])
-            torch.mul(d_c * i, 1 - g * g, out=dg[:, 3 * H :])
-            dc[:n] = d_c * f
-            dh[:n] = torch.mm(dg, w_h_t)  # (n, P)
+            c_prev = cells[:, t - 1, :n] if t > 0 else c0[:, :n]
+            dg = d_gates[:, t, :n]
+            torch.mul(d_c * g, i * (1 - i), out=dg[..., :H])
+            torch.mul(d_c * c_prev, f * (1 - f), out=dg[..., H : 2 * H])
+            torch.mul(dm * tanh_c, o * (1 - o), out=dg[..., 2 * H : 3 * H])
+            torch.mul(d_c * i, 1 - g * g, out=dg[..., 3 * H :])
+            dc[:, :n] = d_c * f
+            dh[:, :n] = torch.bmm(dg, w_h_t)  # (D, n, P)
         # Weight gradients: one large matmul each, over all steps (inactive rows are zero).
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0).reshape(T * B, P)
-        d_flat = d_gates.reshape(T * B, H4)
-        d_w_h = torch.mm(h_prev.t(), d_flat)  # (P, 4H)
-        m_all = gates[..., 2 * H : 3 * H] * torch.tanh(cells)  # (T, B, H)
-        d_w_p = torch.mm(m_all.reshape(T * B, H).t(), d_h_all.reshape(T * B, P))  # (H, P)
+        h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], 1).reshape(D, T * B, P)
+        d_w_h = torch.bmm(h_prev.transpose(1, 2), d_gates.reshape(D, T * B, H4))  # (D, P, 4H)
+        m_all = gates[..., 2 * H : 3 * H] * torch.tanh(cells)  # (D, T, B, H)
+        d_w_p = torch.bmm(m_all.reshape(D, T * B, H).transpose(1, 2),
+                          d_h_all.reshape(D, T * B, P))  # (D, H, P)
         return d_gates.to(ctx.x_dtype), dh, dc, d_w_h, d_w_p, None, None, None
 
 
