@@ -60,19 +60,26 @@ class Qrnn(RecurrentLayer):
             x_all = x_all * masks.input
         taps = torch.cat([x_all[:-1], x_all[1:]], -1)  # (T, B, 2 in): [x_{t-1}; x_t]
         gates = self.linear(taps, self.input_weight, self.input_bias)  # (T, B, 3H): one matmul
-        z = torch.tanh(gates[..., :H])
-        fo = torch.sigmoid(gates[..., H:])
-        f, o = fo[..., :H], fo[..., H:]
+        z_pre, fo_pre = gates.split([H, 2 * H], -1)  # split: one concatenation in backward
+        z = torch.tanh(z_pre)
+        f, o = torch.sigmoid(fo_pre).split(H, -1)
         if masks.update is not None:
             z = z * masks.update
-        f, u = zoneout_scan_inputs(self, f, (1 - f) * z, masks)
-        running = running_mask(batch_sizes, B, inputs.device)  # (T, B, 1)
-        f = torch.where(running, f, 1.0)
-        u = torch.where(running, u, 0.0)
+        u = torch.addcmul(z, f, z, value=-1.0)  # (1 - f) * z
+        f, u = zoneout_scan_inputs(self, f, u, masks)
+        padded = batch_sizes[-1] < B
+        if padded:  # f = 1, u = 0 past each row's end: the state stops changing
+            running = running_mask(batch_sizes, B, inputs.device)  # (T, B, 1)
+            f, u = torch.where(running, f, 1.0), torch.where(running, u, 0.0)
         c = linear_scan(f, u, c0)  # (T, B, H): the only sequential part
-        out = self.project(o * c * running)  # (T, B, P), zero past each row's end
+        h = o * c
+        if padded:
+            h = h * running
+        out = self.project(h)  # (T, B, P), zero past each row's end
         if masks.output is not None:
             out = out * masks.output
+        if not padded:
+            return out, (c[-1], x[-1])
         # The last input each row read (its own last step; unchanged for a row of length 0).
         lengths = running.squeeze(-1).sum(0)  # (B,)
         last = (lengths - 1).clamp(min=0).view(1, B, 1).expand(1, B, x.shape[-1])

@@ -57,20 +57,27 @@ class Sru(RecurrentLayer):
         x = inputs.to(sd)
         if masks.input is not None:
             x = x * masks.input
-        proj = self.linear(x, self.input_weight)  # (T, B, 3H or 4H): one matmul
-        x_tilde = proj[..., :H]
-        gates = torch.sigmoid(proj[..., H : 3 * H] + self.gate_bias.to(sd))
-        f, r = gates[..., :H], gates[..., H:]
-        skip = proj[..., 3 * H :] if self.skip_projected else x
+        zeros = self.gate_bias.new_zeros(H)
+        bias = torch.cat([zeros, self.gate_bias] + ([zeros] if self.skip_projected else []))
+        proj = self.linear(x, self.input_weight, bias)  # (T, B, 3H or 4H): one matmul
+        # split (not slicing): its backward is one concatenation instead of a zero-filled
+        # full-size gradient per slice
+        x_tilde, gates, *rest = proj.split([H, 2 * H] + [H] * self.skip_projected, -1)
+        f, r = torch.sigmoid(gates).split(H, -1)
+        skip = rest[0] if self.skip_projected else x
         if masks.update is not None:
             x_tilde = x_tilde * masks.update
-        f, u = zoneout_scan_inputs(self, f, (1 - f) * x_tilde, masks)
-        running = running_mask(batch_sizes, B, inputs.device)  # (T, B, 1)
-        f = torch.where(running, f, 1.0)
-        u = torch.where(running, u, 0.0)
+        u = torch.addcmul(x_tilde, f, x_tilde, value=-1.0)  # (1 - f) * x~
+        f, u = zoneout_scan_inputs(self, f, u, masks)
+        running = None
+        if batch_sizes[-1] < B:  # padded rows: f = 1, u = 0 past each row's end
+            running = running_mask(batch_sizes, B, inputs.device)  # (T, B, 1)
+            f, u = torch.where(running, f, 1.0), torch.where(running, u, 0.0)
         c = linear_scan(f, u, c0)  # (T, B, H): the only sequential part
         h = torch.lerp(skip, torch.tanh(c), r)  # r * tanh(c) + (1 - r) * x'
-        out = self.project(h * running)  # (T, B, P), zero past each row's end
+        if running is not None:
+            h = h * running
+        out = self.project(h)  # (T, B, P), zero past each row's end
         if masks.output is not None:
             out = out * masks.output
         return out, (c[-1],)
