@@ -20,7 +20,7 @@ from torch import nn
 
 from elmo.cells import make_layer
 from elmo.config import BiLMConfig
-from elmo.lstm import batch_sizes_from_lengths
+from elmo.lstm import LstmProjection, batch_sizes_from_lengths, bidirectional_lstm
 
 BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
 
@@ -83,13 +83,19 @@ class BiLM(nn.Module):
         tokens_fwd, tokens_bwd = x_fwd, x_bwd
         layers, final = [], []
         for k in range(self.config.n_layers):
+            fwd, bwd = self.forward_layers[k], self.backward_layers[k]
+            x_ins = [x_fwd, x_bwd]
+            if dropout > 0 and self.training:
+                x_ins = [nn.functional.dropout(x_in, dropout, training=True) for x_in in x_ins]
+            states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in range(2)]
+            if type(fwd) is LstmProjection and type(bwd) is LstmProjection:
+                # The original cell: both directions in one loop (one batched matmul per step).
+                results = bidirectional_lstm(fwd, bwd, *x_ins, batch_sizes, *states)
+            else:
+                results = [layer(x_in, batch_sizes, st)
+                           for layer, x_in, st in zip((fwd, bwd), x_ins, states)]  # (T, B, P)
             outs, finals = [], []
-            for d, (layer, x_in) in enumerate(((self.forward_layers[k], x_fwd),
-                                               (self.backward_layers[k], x_bwd))):
-                sorted_state = tuple(x.index_select(0, order) for x in state[k][d])
-                if dropout > 0 and self.training:
-                    x_in = nn.functional.dropout(x_in, dropout, training=True)
-                out, last = layer(x_in, batch_sizes, sorted_state)  # (T, B, P)
+            for x_in, (out, last) in zip(x_ins, results):
                 if self.config.use_skip_connections and k > 0:
                     out = out + x_in  # residual (on the dropped-out input, as the original)
                 outs.append(out)

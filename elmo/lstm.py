@@ -102,6 +102,30 @@ class LstmProjection(nn.Module):
         return out[0], (h[0], c[0])
 
 
+def bidirectional_lstm(fwd: LstmProjection, bwd: LstmProjection, x_fwd: torch.Tensor,
+                       x_bwd: torch.Tensor, batch_sizes: Sequence[int], state_fwd: State,
+                       state_bwd: State) -> tuple[tuple[torch.Tensor, State], tuple[torch.Tensor, State]]:
+    """Both directions of one biLM layer in one loop: equal to ``fwd(x_fwd, ...)`` and
+    ``bwd(x_bwd, ...)``, with one batched matmul per step for the two (the weights are stacked
+    per call: a copy that is small next to the loop)."""
+    T, B, _ = x_fwd.shape
+    mm_dt = fwd.state_weight.dtype
+    sdt = torch.promote_types(mm_dt, torch.float32)
+    h0 = torch.stack([state_fwd[0], state_bwd[0]]).to(sdt)  # (2, B, P)
+    c0 = torch.stack([state_fwd[1], state_bwd[1]]).to(sdt)  # (2, B, H)
+    if T == 0:
+        empty = x_fwd.new_zeros((0, B, fwd.projection_dim), dtype=sdt)
+        return (empty, (h0[0], c0[0])), (empty, (h0[1], c0[1]))
+    bias = torch.stack([fwd.effective_bias(), bwd.effective_bias()]).to(mm_dt).unsqueeze(1)
+    x = torch.stack([x_fwd, x_bwd]).to(mm_dt).reshape(2, T * B, x_fwd.shape[-1])
+    w_x = torch.stack([fwd.input_weight, bwd.input_weight]).to(mm_dt)  # (2, in, 4H)
+    x_proj = torch.baddbmm(bias, x, w_x).view(2, T, B, 4 * fwd.hidden_dim)  # both directions
+    w_h = torch.stack([fwd.state_weight, bwd.state_weight])  # (2, P, 4H)
+    w_p = torch.stack([fwd.projection_weight, bwd.projection_weight])  # (2, H, P)
+    out, h, c = run_recurrence(x_proj, h0, c0, w_h, w_p, batch_sizes, fwd.cell_clip, fwd.proj_clip)
+    return (out[0], (h[0], c[0])), (out[1], (h[1], c[1]))
+
+
 def run_recurrence(x_proj, h0, c0, w_h, w_p, batch_sizes, cell_clip, proj_clip):
     """The LSTM time loop for D independent directions at once (D = 1 or 2).
 

@@ -83,3 +83,26 @@ def test_zero_length_sequence():
     layer = LstmProjection(3, 5, 4)
     out, (h, c) = layer(torch.zeros(0, 2, 3), [], None)
     assert out.shape == (0, 2, 4) and h.shape == (2, 4) and c.shape == (2, 5)
+
+
+def test_bidirectional_loop_equals_two_separate_layers():
+    from elmo.lstm import bidirectional_lstm
+
+    torch.manual_seed(5)
+    fwd = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
+    bwd = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
+    bs = batch_sizes_from_lengths(LENGTHS)
+    xs = [torch.randn(6, len(LENGTHS), 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    states = [(torch.randn(len(LENGTHS), 4, dtype=torch.float64),
+               torch.randn(len(LENGTHS), 5, dtype=torch.float64)) for _ in range(2)]
+    fused = bidirectional_lstm(fwd, bwd, *xs, bs, *states)
+    separate = [fwd(xs[0], bs, states[0]), bwd(xs[1], bs, states[1])]
+    flat = lambda r: [r[0][0], *r[0][1], r[1][0], *r[1][1]]  # noqa: E731
+    for a, b in zip(flat(fused), flat(separate)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    params = (*xs, *fwd.parameters(), *bwd.parameters())
+    weights = [torch.randn_like(a) for a in flat(fused)]
+    g1 = torch.autograd.grad(sum((a * w).sum() for a, w in zip(flat(fused), weights)), params)
+    g2 = torch.autograd.grad(sum((a * w).sum() for a, w in zip(flat(separate), weights)), params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
