@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from elmo.config import PRESETS
+from elmo.config import CELLS, PRESETS, RECURRENT_DROPOUT_KINDS
 from pretrain.config import PretrainConfig, pretrain_preset
 
 logger = logging.getLogger("pretrain")
@@ -33,6 +33,8 @@ _FLAGS = {
     "seed": "train.seed", "device": "train.device", "precision": "train.precision",
     "threads": "train.threads", "eval_every": "train.eval_every",
     "checkpoint_every": "train.checkpoint_every",
+    "cell": "model.bilm.cell", "recurrent_dropout_kind": "model.bilm.recurrent_dropout_kind",
+    "recurrent_dropout": "model.bilm.recurrent_dropout",
 }
 
 
@@ -78,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell of the biLM (default lstm; see elmo.cells)")
+    p.add_argument("--recurrent-dropout-kind", choices=RECURRENT_DROPOUT_KINDS,
+                   help="recurrent regularizer (with --recurrent-dropout RATE)")
+    p.add_argument("--recurrent-dropout", type=float, help="rate of the recurrent regularizer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
