@@ -13,6 +13,7 @@ same numbers as ``ElmoBiLM.forward`` on the full (B, T, C) ids at a fraction of 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -91,8 +92,7 @@ def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None)
 def perplexities(sums: torch.Tensor, counts: torch.Tensor) -> dict:
     loss = (sums / counts.clamp(min=1)).tolist()
     return {"forward_loss": loss[0], "backward_loss": loss[1],
-            "forward_ppl": float(torch.tensor(loss[0]).exp()),
-            "backward_ppl": float(torch.tensor(loss[1]).exp()),
+            "forward_ppl": math.exp(loss[0]), "backward_ppl": math.exp(loss[1]),
             "tokens": int(counts[0])}
 
 
