@@ -112,8 +112,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(args, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
     task = get_task(cfg.task)
     train_data = _subset(task.read(args.train, cfg), cfg.max_train)
     dev_data = _subset(task.read(args.dev, cfg), cfg.max_eval)
