@@ -53,8 +53,8 @@ class BidirectionalLM(nn.Module):
         vectors = self.bilm.char_cnn.encode_tokens(batch.token_chars)  # (U, P)
         tokens = vectors[batch.tokens.clamp(min=0)]  # (B, T, P)
         tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
-        layers, final = self.bilm.bilm(tokens, mask, state, dropout=dropout)
-        return layers[-1], final
+        out = self.bilm.contextualize(tokens, mask, state, dropout)
+        return out.layers[-1], out.state
 
     def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
                 generator: Optional[torch.Generator] = None) -> LMOutput:

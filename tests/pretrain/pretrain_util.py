@@ -5,8 +5,20 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+import torch
+
 from elmo.config import BiLMConfig, CharCNNConfig, ElmoConfig
 from pretrain.config import PretrainConfig
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: tiny models on a shared 2-core machine run several times faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "she", "he"]
 VERBS = ["sees", "likes", "finds", "wants"]

@@ -9,7 +9,9 @@ from pretrain.config import SoftmaxConfig
 from pretrain.corpus import EncodedCorpus
 from pretrain.lm import BidirectionalLM, evaluate, unigram_log_probs, unigram_perplexity
 from pretrain.vocab import Vocabulary, WordTable
-from pretrain_util import tiny_model_config, toy_sentences
+from pretrain_util import single_thread, tiny_model_config, toy_sentences  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def setup(kind="full", n=40):
@@ -46,9 +48,9 @@ def test_loss_is_the_top_layer_predicting_next_and_previous_token():
     out = lm(batch)
     with torch.no_grad():
         top = lm.bilm(batch.char_ids(), add_boundaries=False).layers[-1]  # (B, T, 2P)
-    P = top.shape[-1] // 2
-    logp_f = lm.softmax.log_probs(top[..., :P])
-    logp_b = lm.softmax.log_probs(top[..., P:])
+        P = top.shape[-1] // 2
+        logp_f = lm.softmax.log_probs(top[..., :P])
+        logp_b = lm.softmax.log_probs(top[..., P:])
     want_f = want_b = 0.0
     for r in range(3):
         words = ["<S>"] + [table.words[t] for t in corpus[r]] + ["</S>"]
