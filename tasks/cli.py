@@ -5,6 +5,7 @@
               [--config JSON] [--epochs N] [--set FIELD=VALUE ...]
     elmo-task evaluate DIR --data F [--json]
     elmo-task predict DIR --data F --output F
+    elmo-task split FILE_OR_FOLDER --out DIR [--label-column C] [--dev 0.1] [--test 0.1] [--seed 0]
 
 ``--set`` takes any field of tasks.config.TaskConfig (``--set lr=0.002 --set max_train=1000``).
 ``--no-elmo`` trains the baseline: the same head on word embeddings plus a character CNN.
@@ -30,6 +31,7 @@ from tasks.checkpoint import get_task, load_model, save_setup, save_weights
 from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
 from tasks.data import BatchMaker, Vocabulary
 from tasks.metrics import format_conlleval
+from tasks.split import split_classification
 from tasks.train import evaluate, predict, train
 
 logger = logging.getLogger("tasks.cli")
@@ -69,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True)
     r.add_argument("--device", default="cpu")
     r.add_argument("--quiet", action="store_true")
+    s = sub.add_parser("split", help="split one classification file or class folder into train/dev/test")
+    s.add_argument("data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--label-column", default="label", help="header name or 0-based index (CSV/TSV), key (JSON-lines)")
+    s.add_argument("--dev", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -217,6 +227,10 @@ def main(argv: Optional[list] = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "split":
+            paths = split_classification(args.data, args.out, args.label_column, args.dev, args.test, args.seed)
+            print(json.dumps(paths))
+            return 0
         return cmd_predict(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"elmo-task {args.command}: error: {e}", file=sys.stderr)

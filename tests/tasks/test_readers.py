@@ -195,3 +195,15 @@ def test_ontonotes_sample_parsed_exactly(data_dir):
     assert know.tags == ["B-ARGM-DIS", "I-ARGM-DIS", "I-ARGM-DIS", "O", "B-ARG0", "B-V"] + ["B-ARG1"] + ["I-ARG1"] * 5 + ["O"]
     assert doing.tags == ["O"] * 7 + ["B-ARG0", "O", "B-V", "B-ARGM-MNR", "B-ARGM-MNR", "O"]
     assert (know.predicate, doing.predicate) == (5, 9)
+
+
+def test_conll2003_and_polarity_real_files(data_dir):
+    for name, sentences in (("train", 14041), ("valid", 3250), ("test", 3453)):  # ../shared/DATA.md
+        path = os.path.join(data_dir, "conll2003", f"{name}.txt")
+        xs = read_conll2003(path)
+        lines = [line for line in open(path, encoding="utf-8") if line.strip() and not line.startswith("-DOCSTART-")]
+        assert len(xs) == sentences and sum(len(x.tokens) for x in xs) == len(lines)
+        assert [x.tags[-1] for x in xs[:1]] == [lines[len(xs[0].tokens) - 1].split()[-1]]
+    xs = read_classification(os.path.join(data_dir, "polarity", "pang_lee_sentences.csv"), "1", "0")
+    assert len(xs) == 4000 and sum(x.label == "1" for x in xs) == sum(x.label == "-1" for x in xs) == 2000
+    assert xs[0].tokens[:4] == ["the", "rock", "is", "destined"]  # no byte-order mark, no quotes

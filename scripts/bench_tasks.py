@@ -1,0 +1,100 @@
+"""Seconds per NER training epoch on CoNLL-2003 with the frozen ELMo recomputed vs. cached.
+
+Recomputed: every batch runs the biLM (without gradients) before the head, as the original
+training did. Cached: the layers of every sentence are computed once (timed separately), and
+the epoch trains the head on them. Both epochs run the same ``tasks.train.train`` loop; the time
+is its ``train_seconds`` (training only, without the dev evaluation).
+
+    flock /tmp/bench.lock .venv/bin/python scripts/bench_tasks.py --model runs/main/lm --threads 2
+    .venv/bin/python scripts/bench_tasks.py --preset small --max-sentences 500   # a quick check
+
+Without --model a randomly initialised ELMo of --preset size is used (speed does not depend on
+the weights). Prints a table and, with --json, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from elmo import ElmoBiLM  # noqa: E402
+from elmo.config import preset  # noqa: E402
+from tasks import ner  # noqa: E402
+from tasks.cache import LayerCache  # noqa: E402
+from tasks.config import resolve_config  # noqa: E402
+from tasks.data import BatchMaker, Vocabulary  # noqa: E402
+from tasks.train import train  # noqa: E402
+
+
+def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
+    torch.manual_seed(0)
+    labels = ner.setup(train_data, cfg)
+    words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
+    model = ner.build(cfg, len(words), labels, bilm)
+    maker = BatchMaker(words, labels, need_chars=cache is None, cache=cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = os.path.join(tmp, "metrics.jsonl")
+        train(model, ner, cfg, train_data, dev_data, ner.targets(train_data, cfg), maker, labels, log_path=log)
+        with open(log) as f:
+            return json.loads(f.readline())["train_seconds"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="ELMo model folder (default: a random model of --preset size)")
+    p.add_argument("--preset", default="small", help="original | medium | small | tiny (without --model)")
+    p.add_argument("--train", default=os.path.join(ROOT, ".data", "conll2003", "train.txt"))
+    p.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0 = all 14,041)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bilm = ElmoBiLM.from_pretrained(args.model) if args.model else ElmoBiLM(preset(args.preset))
+    cfg = resolve_config("ner", {"batch_size": args.batch_size, "epochs": 1, "progress": False})
+    data = ner.read(args.train, cfg)
+    if args.max_sentences:
+        data = data[: args.max_sentences]
+    dev = data[:1]  # the loop scores a dev set after each epoch; keep it negligible
+    tokens = sum(len(x.tokens) for x in data)
+
+    cfg.cache = "none"
+    recomputed = epoch_seconds(cfg, bilm, data, dev, None)
+    cfg.cache = "memory"
+    started = time.perf_counter()
+    cache = LayerCache(bilm, batch_size=cfg.elmo_batch_size)
+    cache.fill(x.tokens for x in data)
+    fill = time.perf_counter() - started
+    cached = epoch_seconds(cfg, bilm, data, dev, cache)
+    result = {
+        "model": args.model or f"random {args.preset}", "sentences": len(data), "tokens": tokens,
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "recomputed_epoch_s": recomputed, "cache_fill_s": fill, "cached_epoch_s": cached,
+        "speedup": recomputed / cached,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"NER epoch on {len(data)} sentences ({tokens} tokens), ELMo {result['model']}, "
+              f"{result['threads']} threads, batch {args.batch_size}")
+        print(f"  ELMo recomputed every batch : {recomputed:8.1f} s/epoch")
+        print(f"  cached layers               : {cached:8.1f} s/epoch  ({result['speedup']:.1f}x faster)")
+        print(f"  filling the cache (once)    : {fill:8.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
