@@ -1,0 +1,74 @@
+"""An interrupted and resumed run follows the loss curve of an uninterrupted one (1e-6 on CPU)."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from pretrain.checkpoint import list_checkpoints
+from pretrain.run import run
+from pretrain_util import single_thread, tiny_pretrain_config, toy_sentences, write_lines  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = 12
+
+
+def config(mode):
+    # Dropout on (RNG state), sampled softmax (negatives per step), Adagrad (accumulators),
+    # a linear decay (schedule state), window mode (carried LSTM state, data position).
+    return tiny_pretrain_config(
+        data={"batch_mode": mode, "batch_size": 3, "window": 5, "heldout_fraction": 0.1},
+        optim={"warmup_steps": 2, "schedule": "linear", "dropout": 0.2},
+        train={"max_steps": STEPS, "checkpoint_every": 4, "log_every": 1, "eval_every": 100})
+
+
+def record(losses, stop_at=None, crash_at=None):
+    def callback(trainer, metrics):
+        losses[metrics["step"]] = metrics["loss"]
+        if metrics["step"] == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: finish the step, checkpoint, stop
+        if metrics["step"] == crash_at:
+            raise RuntimeError("simulated crash")  # no checkpoint: resume from the last periodic one
+    return callback
+
+
+@pytest.mark.parametrize("mode", ["window", "sentence"])
+def test_resume_follows_the_same_loss_curve(tmp_path, mode):
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(120))
+    full = {}
+    run(config(mode), [corpus], str(tmp_path / "a"), callback=record(full))
+    assert sorted(full) == list(range(1, STEPS + 1))
+
+    b, part = str(tmp_path / "b"), {}
+    summary = run(config(mode), [corpus], b, callback=record(part, stop_at=5))
+    assert summary["completed"] is False and summary["step"] == 5
+    assert [s for s, _ in list_checkpoints(b)] == [4, 5]  # the periodic one and the Ctrl-C one
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config(mode), [corpus], b, resume=True, callback=record(part, crash_at=10))
+    assert [s for s, _ in list_checkpoints(b)][-1] == 8
+    summary = run(config(mode), [corpus], b, resume=True, callback=record(part))
+    assert summary["completed"] is True
+    assert sorted(part) == list(range(1, STEPS + 1))
+    for step in full:
+        assert abs(full[step] - part[step]) < 1e-6, (step, full[step], part[step])
+
+    a_weights = torch.load(tmp_path / "a" / "elmo_weights.pt", weights_only=True)
+    b_weights = torch.load(os.path.join(b, "elmo_weights.pt"), weights_only=True)
+    for k in a_weights:
+        torch.testing.assert_close(a_weights[k], b_weights[k], rtol=0, atol=1e-6)
+    # The metrics log holds each step once, as if the run had never stopped.
+    with open(os.path.join(b, "metrics.jsonl")) as f:
+        steps = [r["step"] for r in map(json.loads, f) if "loss" in r]
+    assert steps == list(range(1, STEPS + 1))
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["heldout"] == json.loads(open(os.path.join(b, "results.json")).read())["heldout"]
+
+
+def test_a_second_run_into_the_same_directory_needs_resume(tmp_path):
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(40))
+    run(config("window").with_override("train.max_steps=2"), [corpus], str(tmp_path / "a"))
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run(config("window"), [corpus], str(tmp_path / "a"))
