@@ -100,11 +100,21 @@ def is_heldout(line: str, fraction: float) -> bool:
     return h < fraction * 4294967296.0
 
 
+def _looks_local(spec: str) -> bool:
+    """A path or glob, as opposed to a hub dataset name such as ``user/name`` or ``name:split``."""
+    if os.path.exists(spec) or glob.has_magic(spec) or os.path.isabs(spec):
+        return True
+    if spec.startswith((".", "~")) or os.path.splitext(spec.partition(":")[0])[1]:
+        return True  # ./x, ~/x, x.txt
+    parent = os.path.dirname(spec)
+    return bool(parent) and os.path.isdir(parent)
+
+
 def open_text(specs: Sequence[str], streaming: bool, text_field: str = "text"):
     """A ``datasets`` dataset of lines for local inputs, or a hub dataset name (needs network)."""
     import datasets
 
-    local = [s for s in specs if os.path.exists(s) or glob.has_magic(s)]
+    local = [s for s in specs if _looks_local(s)]
     if local and len(local) == len(specs):
         files = [f for f in resolve_files(specs) if check_text_file(f)]
         if not files:
@@ -121,7 +131,7 @@ def open_text(specs: Sequence[str], streaming: bool, text_field: str = "text"):
     try:
         ds = datasets.load_dataset(name, split=split or "train", streaming=streaming)
     except Exception as e:  # offline, unknown name, ...
-        raise ValueError(f"{specs[0]}: not a local file/folder/glob, and loading it as a hub dataset "
+        raise ValueError(f"{specs[0]}: no such file or folder, and loading it as a hub dataset "
                          f"failed ({type(e).__name__}: {e})") from None
     if text_field != "text":
         ds = ds.rename_column(text_field, "text")

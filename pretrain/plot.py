@@ -38,7 +38,8 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     ax1.set_xlabel("training tokens")
     ax1.set_ylabel("loss (nats per token)")
     ax1.set_title("training loss (mean of both directions)")
-    ax1.legend()
+    if train:
+        ax1.legend()
     if held:
         x = [r["tokens"] for r in held]
         ax2.plot(x, [r["heldout_forward_ppl"] for r in held], "o-", label="forward LM")
@@ -49,7 +50,8 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     ax2.set_xlabel("training tokens")
     ax2.set_ylabel("held-out perplexity (full softmax)")
     ax2.set_title("held-out perplexity")
-    ax2.legend()
+    if held or unigram_ppl is not None:
+        ax2.legend()
     fig.tight_layout()
     tmp = f"{out_path}.tmp.{os.getpid()}.png"
     fig.savefig(tmp, dpi=100)
