@@ -71,6 +71,7 @@ class SoftmaxConfig:
     num_samples: int = 8192            # log-uniform negatives shared by the batch
     adaptive_cutoffs: list = field(default_factory=lambda: [2000, 10000])
     adaptive_div_value: float = 4.0
+    unigram_bias_init: bool = True     # start the bias at the log unigram frequencies (full/sampled)
 
     def __post_init__(self) -> None:
         _choice("softmax", "kind", self.kind, SOFTMAX_KINDS)

@@ -133,6 +133,8 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     torch.manual_seed(tc.seed)  # the same initial weights on every process
     lm = BidirectionalLM(config.model, len(vocab), config.softmax, dedup=tc.dedup_tokens,
                          bilm=init_model.bilm if init_model else None)
+    if config.softmax.unigram_bias_init:
+        lm.softmax.init_bias(unigram_log_probs(target_counts))
     if init_model is not None:
         logger.info("--init %s: %d softmax rows carried over", init, transfer_softmax(lm, vocab, init_model))
     if d.batch_mode == "window":

@@ -83,6 +83,12 @@ class LMSoftmax(nn.Module):
             self.weight = nn.Parameter(torch.randn(vocab_size, dim) / math.sqrt(dim))
             self.bias = nn.Parameter(torch.zeros(vocab_size))
 
+    @torch.no_grad()
+    def init_bias(self, log_probs: torch.Tensor) -> None:
+        """Start from the unigram model: bias = log frequency (V,) (full and sampled kinds)."""
+        if self.kind != "adaptive":
+            self.bias.copy_(log_probs.to(self.bias.dtype))
+
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """hidden (N, dim), targets (N,) -> loss per token (N,), float32.

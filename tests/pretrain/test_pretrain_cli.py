@@ -105,6 +105,17 @@ def test_continue_from_a_trained_model_on_new_text(trained, tmp_path):
     again = ElmoBiLM.from_pretrained(tmp_path / "from_ckpt")
     for k, v in before.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+    # ... and from the original format (options.json + weights.hdf5 in a folder).
+    original = tmp_path / "original"
+    original.mkdir()
+    assert export_main([str(out), "--options-file", str(original / "options.json"),
+                        "--weight-file", str(original / "weights.hdf5")]) == 0
+    assert main(["--train", new, "--out", str(tmp_path / "from_original"), "--init", str(original),
+                 "--max-steps", "1", "--set", "optim.lr=0.0", "--set", "data.heldout_fraction=0.0",
+                 "--no-progress", "--log-level", "WARNING"]) == 0
+    third = ElmoBiLM.from_pretrained(tmp_path / "from_original")
+    for k, v in before.state_dict().items():
+        torch.testing.assert_close(third.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
 
 
 def run_cli(args, capsys):
