@@ -8,7 +8,9 @@
     elmo-task split FILE_OR_FOLDER --out DIR [--label-column C] [--dev 0.1] [--test 0.1] [--seed 0]
 
 ``--set`` takes any field of tasks.config.TaskConfig (``--set lr=0.002 --set max_train=1000``).
-``--no-elmo`` trains the baseline: the same head on word embeddings plus a character CNN.
+Every head reads trainable word embeddings and a character CNN besides the ELMo mix (the paper
+adds ELMo to its baselines' input); ``--no-elmo`` trains that baseline: the same model without
+the biLM.
 """
 
 from __future__ import annotations
@@ -97,8 +99,7 @@ def _config(args: argparse.Namespace) -> TaskConfig:
     if args.quiet:
         overrides["progress"] = False
     if args.no_elmo:
-        overrides["use_elmo"] = False
-        overrides.setdefault("char_dim", 100)  # the baseline: word embeddings + a char CNN
+        overrides["use_elmo"] = False  # the baseline: the same head and inputs without the biLM
     return resolve_config(args.task, overrides)
 
 

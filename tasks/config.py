@@ -45,11 +45,11 @@ class TaskConfig:
     cache_file: str = ""  # hdf5 cache path ("" = OUT/elmo_cache.h5)
     cache_dtype: str = "float32"  # float32 (exact) | float16 (half the memory)
     elmo_batch_size: int = 64  # sentences per biLM batch when filling the cache
-    # -- token features besides ELMo -----------------------------------------------------------
+    # -- token features besides ELMo (the baseline's input; ELMo is added to it, as in the paper) --
     word_dim: int = 100  # trainable word embeddings (0 = none)
     min_word_count: int = 2  # rarer training words share the unknown-word vector
     lowercase_words: bool = False
-    char_dim: int = 0  # char CNN output size (0 = none; --no-elmo turns it on)
+    char_dim: int = 100  # char CNN output size (0 = none)
     char_filters: str = "1:25,2:50,3:75,4:100"  # width:count pairs of the baseline char CNN
     # -- head ----------------------------------------------------------------------------------
     hidden_dim: int = 200  # per direction

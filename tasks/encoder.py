@@ -1,12 +1,12 @@
-"""Token features for the task heads: a learned scalar mix of the ELMo layers, and/or the baseline's
-trainable word embeddings and character CNN.
+"""Token features for the task heads: a learned scalar mix of the ELMo layers, trainable word
+embeddings and a character CNN, concatenated.
 
 With ELMo (Peters et al. 2018, sec. 3.3) the feature of token k is ``gamma * sum_j s_j h_kj`` over
-the L+1 layers (``elmo.ScalarMix``, owned here, one per task model), optionally concatenated with
-word embeddings. The layers come from the batch when they were cached, or from running the biLM
-(frozen: without gradients; fine-tuned: with them). The baseline without ELMo is the same head on
-word embeddings plus a character CNN (``elmo.char_cnn.CharCNN`` with a small configuration),
-trained from scratch.
+the L+1 layers (``elmo.ScalarMix``, owned here, one per task model), added to the input of the
+baseline as the paper does. The layers come from the batch when they were cached, or from
+running the biLM (frozen: without gradients; fine-tuned: with them). The baseline without ELMo is
+the same model without the biLM: word embeddings plus a character CNN (``elmo.char_cnn.CharCNN``
+with a small configuration), trained from scratch. ``word_dim`` / ``char_dim`` = 0 drop either.
 """
 
 from __future__ import annotations

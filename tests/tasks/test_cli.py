@@ -14,7 +14,7 @@ from tasks.metrics import conlleval
 from tasks.readers import read_conll2003, read_conll2005_props, read_conll2012_srl
 from tasks.tags import is_valid
 
-SMALL = ["--set", "hidden_dim=8", "--set", "word_dim=8", "--set", "mlp_dim=8", "--set", "predicate_dim=4",
+SMALL = ["--set", "hidden_dim=8", "--set", "word_dim=8", "--set", "char_dim=6", "--set", "mlp_dim=8", "--set", "predicate_dim=4",
          "--set", "char_filters=1:4,2:4", "--set", "num_lstm_layers=1", "--set", "num_threads=1", "--batch-size", "4",
          "--quiet"]
 
@@ -52,7 +52,7 @@ def run(capsys, argv):
 def test_ner_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     train, dev = ner_file(tmp_path / "train.txt"), ner_file(tmp_path / "dev.txt", 6, offset=1)
     out = str(tmp_path / "model")
-    source = ["--model", elmo_dir] if elmo else ["--no-elmo", "--set", "char_dim=6"]
+    source = ["--model", elmo_dir] if elmo else ["--no-elmo"]
     summary = json.loads(run(capsys, ["train", "ner", "--train", train, "--dev", dev, "--test", dev, "--out", out,
                                       "--epochs", "3", *source, *SMALL]).strip())
     assert summary["epochs"] == 3 and 0.0 <= summary["dev"] <= 100.0
@@ -60,7 +60,7 @@ def test_ner_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
                                               "results.json"] + (["elmo"] if elmo else []))
     cfg = json.load(open(os.path.join(out, "task_config.json")))
     assert (cfg["task"], cfg["tag_scheme"], cfg["data_scheme"], cfg["use_elmo"]) == ("ner", "bioul", "bio", elmo)
-    assert cfg["char_dim"] == (0 if elmo else 6)
+    assert cfg["char_dim"] == 6 and cfg["word_dim"] == 8
     log = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert all(r["bilm_calls"] == 0 for r in log)  # cached layers: training never runs the biLM
@@ -123,7 +123,7 @@ def test_srl_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     path = tmp_path / "a.gold_conll"
     path.write_text(SRL)
     out = str(tmp_path / "srl")
-    source = ["--model", elmo_dir] if elmo else ["--no-elmo", "--set", "char_dim=6"]
+    source = ["--model", elmo_dir] if elmo else ["--no-elmo"]
     run(capsys, ["train", "srl", "--train", str(path), "--dev", str(path), "--out", out, "--epochs", "2",
                  *source, *SMALL])
     scores = json.loads(run(capsys, ["evaluate", out, "--data", str(path), "--json", "--quiet"]))
@@ -142,7 +142,7 @@ def test_classify_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     path = tmp_path / "p.csv"
     path.write_text("".join(f'"{lab}","{text}\n"\n' for lab, text in rows), encoding="utf-8-sig")
     out = str(tmp_path / "cls")
-    source = ["--model", elmo_dir] if elmo else ["--no-elmo", "--set", "char_dim=6"]
+    source = ["--model", elmo_dir] if elmo else ["--no-elmo"]
     cols = ["--set", "text_column=1", "--set", "label_column=0"]
     summary = json.loads(run(capsys, ["train", "classify", "--train", str(path), "--dev", str(path), "--out", out,
                                       "--epochs", "2", *cols, *source, *SMALL]).strip())
