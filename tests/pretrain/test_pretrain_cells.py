@@ -10,7 +10,7 @@ import torch
 
 from elmo import ElmoBiLM, batch_to_ids
 from elmo.config import CELLS
-from pretrain.cli import main
+from pretrain.cli import export_main, main
 from pretrain_util import toy_sentences, write_lines
 
 # Tiny sizes on top of the tiny preset: a few seconds per cell on two cores.
@@ -31,7 +31,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_each_cell_pretrains_with_decreasing_loss(cell, corpus, tmp_path):
+def test_each_cell_pretrains_with_decreasing_loss(cell, corpus, tmp_path, capsys):
     out = tmp_path / "run"
     kind = ["--recurrent-dropout-kind", "variational", "--recurrent-dropout", "0.1"] \
         if cell in ("gru", "sru") else []
@@ -49,6 +49,14 @@ def test_each_cell_pretrains_with_decreasing_loss(cell, corpus, tmp_path):
     with torch.no_grad():
         layers = model(batch_to_ids([["the", "cat", "sees", "it", "."]])).layers
     assert len(layers) == 3 and all(torch.isfinite(x).all() for x in layers)
+    capsys.readouterr()
+    rc = export_main([str(out), "--options-file", str(tmp_path / "options.json"),
+                      "--weight-file", str(tmp_path / "weights.hdf5")])
+    if cell == "lstm":
+        assert rc == 0 and (tmp_path / "weights.hdf5").is_file()
+    else:  # the original format holds only the LSTM
+        assert rc == 2 and f"cell='{cell}'" in capsys.readouterr().err
+        assert not (tmp_path / "weights.hdf5").exists()
 
 
 def test_cell_flags_are_validated(corpus, tmp_path, capsys):
