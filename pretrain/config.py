@@ -96,10 +96,14 @@ class OptimConfig:
     clip_norm: Optional[float] = 10.0  # L2 norm of all gradients together; null = off
     clip_value: Optional[float] = None  # clamp every gradient entry to +-clip_value; null = off
     dropout: float = 0.1
+    # "row": token losses summed over time, averaged over rows (bilm-tf's loss * unroll_steps: with
+    # Adagrad's initial accumulator the gradient scale matters); "token": the mean token loss.
+    loss_normalization: str = "row"
 
     def __post_init__(self) -> None:
         _choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("optim", "schedule", self.schedule, SCHEDULES)
+        _choice("optim", "loss_normalization", self.loss_normalization, ("row", "token"))
         _at_least("optim", self, 0, "lr", "adagrad_initial_accumulator", "weight_decay",
                   "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value")
         if not 0.0 <= self.dropout < 1.0:

@@ -1,12 +1,13 @@
 """The training loop: ``Trainer(lm, batcher, config, ...).fit()``.
 
 One step: next batch -> forward (autocast when asked) -> loss = mean of the forward and backward
-mean token losses -> backward (loss-scaled for fp16) -> clip by value and by global L2 norm ->
+losses (per row: summed over its positions, as bilm-tf's ``loss * unroll_steps``; or per token)
+-> backward (loss-scaled for fp16) -> clip by value and by global L2 norm ->
 optimizer and learning-rate schedule. In window mode the final LSTM state of every row is
 detached and fed to the same row of the next batch (truncated back-propagation through time).
 
-Under DDP every process normalises its token-loss sums by the token counts of all processes
-(one all-reduce of four numbers), so the averaged gradients equal those of one process holding the
+Under DDP every process normalises its loss sums by the row or token counts of all processes
+(one all-reduce of a few numbers), so the averaged gradients equal those of one process holding the
 combined batch. Held-out evaluation (full softmax, per direction) runs on rank 0, which also
 writes metrics, checkpoints and the model.
 
@@ -129,10 +130,14 @@ class Trainer:
         totals = torch.stack([out.forward_loss_sum.detach().float(), out.backward_loss_sum.detach().float(),
                               out.forward_count.float(), out.backward_count.float(),
                               batch.mask.sum().float(),
-                              torch.tensor(float(self.stop_requested), device=self.device)]).double()
+                              torch.tensor(float(self.stop_requested), device=self.device),
+                              torch.tensor(float(batch.tokens.shape[0]), device=self.device)]).double()
         totals = all_reduce_sum(totals, self.info)  # sums and counts of all processes, stop votes
         self.stop_agreed = bool(totals[5] > 0)
-        nf, nb = totals[2].clamp(min=1).float(), totals[3].clamp(min=1).float()
+        if cfg.optim.loss_normalization == "row":  # per-row sums, averaged over all rows
+            nf = nb = totals[6].float()
+        else:  # per-token means
+            nf, nb = totals[2].clamp(min=1).float(), totals[3].clamp(min=1).float()
         loss = 0.5 * (out.forward_loss_sum / nf + out.backward_loss_sum / nb) * self.info.world
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

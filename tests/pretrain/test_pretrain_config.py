@@ -11,7 +11,7 @@ def test_defaults_follow_the_original_training_setup():
     assert (c.data.window, c.data.batch_mode, c.data.batch_size) == (20, "window", 128)
     assert (c.softmax.kind, c.softmax.num_samples) == ("sampled", 8192)
     assert (c.optim.optimizer, c.optim.lr, c.optim.adagrad_initial_accumulator) == ("adagrad", 0.2, 1.0)
-    assert (c.optim.clip_norm, c.optim.dropout) == (10.0, 0.1)
+    assert (c.optim.clip_norm, c.optim.dropout, c.optim.loss_normalization) == (10.0, 0.1, "row")
 
 
 def test_json_round_trip(tmp_path):
