@@ -41,7 +41,7 @@ def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
     labels = ner.setup(train_data, cfg)
     words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
     model = ner.build(cfg, len(words), labels, bilm)
-    maker = BatchMaker(words, labels, need_chars=cache is None, cache=cache)
+    maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(cache is not None), cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "metrics.jsonl")
         train(model, ner, cfg, train_data, dev_data, ner.targets(train_data, cfg), maker, labels, log_path=log)

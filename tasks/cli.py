@@ -159,9 +159,7 @@ def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
         logger.info("ELMo layer cache: %d sentences computed in %.1f s (%d cached)", n,
                     time.perf_counter() - started, len(cache))
     model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
-    maker = BatchMaker(words, labels, cfg.lowercase_words,
-                       need_chars=model.encoder.char_cnn is not None or (bilm is not None and cache is None),
-                       cache=cache)
+    maker = BatchMaker(words, labels, cfg.lowercase_words, model.encoder.needs_chars(cache is not None), cache)
     summary = train(model, task, cfg, train_data, dev_data, train_targets, maker, labels,
                     log_path=os.path.join(args.out, "metrics.jsonl"),
                     on_best=lambda m, epoch, scores: save_weights(args.out, m, cfg))
@@ -193,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.progress = not args.quiet
     data = task.read(args.data, cfg)
-    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars)
+    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars())
     scores, _ = evaluate(model, task, data, maker, labels, cfg)
     if args.json:
         print(json.dumps({"task": cfg.task, "data": args.data, "metric": task.METRIC, **scores}))
@@ -209,7 +207,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.progress = not args.quiet
     data = _read_for_prediction(task, cfg, args.data)
-    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars)
+    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars())
     predictions = task.decode(predict(model, data, maker, cfg), labels, cfg)
     tmp = f"{args.output}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -49,8 +49,8 @@ class TaskConfig:
     word_dim: int = 100  # trainable word embeddings (0 = none)
     min_word_count: int = 2  # rarer training words share the unknown-word vector
     lowercase_words: bool = False
-    char_dim: int = 100  # char CNN output size (0 = none)
-    char_filters: str = "1:25,2:50,3:75,4:100"  # width:count pairs of the baseline char CNN
+    char_dim: int = 50  # char CNN output size (0 = none)
+    char_filters: str = "1:16,2:32,3:64"  # width:count pairs of the char CNN (112 filters)
     # -- head ----------------------------------------------------------------------------------
     hidden_dim: int = 200  # per direction
     num_lstm_layers: int = 2

@@ -52,10 +52,10 @@ class TokenEncoder(nn.Module):
             raise ValueError("the task model has no input features: enable ELMo, word_dim or char_dim")
         self.bilm_calls = 0  # biLM forward passes run by this encoder (not by a cache)
 
-    @property
-    def needs_chars(self) -> bool:
-        """Whether batches must carry character ids (when layers are not cached, or for the char CNN)."""
-        return self.char_cnn is not None or self.bilm is not None
+    def needs_chars(self, cached: bool = False) -> bool:
+        """Whether batches must carry character ids: for the char CNN, or for the biLM when its
+        layers are not ``cached``."""
+        return self.char_cnn is not None or (self.bilm is not None and not cached)
 
     def elmo_layers(self, char_ids: torch.Tensor) -> torch.Tensor:
         """Run the biLM: (B, T, 50) -> layers (L+1, B, T, 2P) without the sentence boundaries."""
