@@ -104,6 +104,8 @@ def _config(args: argparse.Namespace) -> TaskConfig:
 
 
 def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
+    if args.weight_file and not args.options_file:
+        raise ValueError("--weight-file goes with --options-file (the original ELMo format)")
     if not cfg.use_elmo:
         return None
     if args.model:

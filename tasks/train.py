@@ -58,7 +58,10 @@ def train(model: nn.Module, task, cfg: TaskConfig, train_data: Sequence[Instance
     ``train_targets`` are the training instances with targets in the model's scheme;
     ``train_data``/``dev_data`` keep the data's own tags for scoring. ``on_best(model, epoch,
     scores)`` is called whenever the dev metric improves (the CLI saves the checkpoint there).
-    Returns {"best_epoch", "best_dev", "epochs"}.
+    Each epoch appends to ``log_path`` one JSON object: epoch, train_loss, train_seconds (the
+    training pass), seconds (with the dev scoring), bilm_calls (biLM forward passes in the epoch,
+    training and dev scoring; 0 with cached layers), dev_<metric>, the scalar-mix weights and
+    gamma, and whether it was the best so far. Returns {"best_epoch", "best_dev_<metric>", "epochs"}.
     """
     device = torch.device(cfg.device)
     model.to(device)

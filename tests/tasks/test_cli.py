@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from elmo import ElmoBiLM
+from elmo import ElmoBiLM, batch_to_ids
 from tasks.checkpoint import load_model
 from tasks.cli import main
 from tasks.metrics import conlleval
@@ -168,3 +168,26 @@ def test_cli_errors(tmp_path, capsys, elmo_dir):
     assert main(["train", "ner", "--train", str(bad), "--dev", train, "--out", str(tmp_path / "m"),
                  "--model", elmo_dir, "--quiet"]) == 2
     assert f"{bad}:2: expected 3 columns" in capsys.readouterr().err
+
+
+def test_original_weight_files_are_copied_into_the_model_folder(tmp_path, capsys, elmo_dir):
+    from elmo import save_original
+
+    bilm = ElmoBiLM.from_pretrained(elmo_dir)
+    options, weights = str(tmp_path / "options.json"), str(tmp_path / "weights.hdf5")
+    save_original(bilm, options, weights)
+    train = ner_file(tmp_path / "train.txt", 4)
+    out = str(tmp_path / "orig")
+    run(capsys, ["train", "ner", "--train", train, "--dev", train, "--out", out, "--options-file", options,
+                 "--weight-file", weights, "--epochs", "1", *SMALL])
+    cfg = json.load(open(os.path.join(out, "task_config.json")))
+    assert options in cfg["elmo_source"] and weights in cfg["elmo_source"]
+    copy = ElmoBiLM.from_pretrained(os.path.join(out, "elmo"))
+    ids = batch_to_ids([["Ann", "went", "to", "Oslo"]])
+    bilm.eval(), copy.eval()
+    with torch.no_grad():
+        for a, b in zip(bilm(ids).layers, copy(ids).layers):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert main(["train", "ner", "--train", train, "--dev", train, "--out", out, "--options-file", options,
+                 "--quiet"]) == 2
+    assert "--options-file needs --weight-file" in capsys.readouterr().err
