@@ -44,7 +44,7 @@ def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
     maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(cache is not None), cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "metrics.jsonl")
-        train(model, ner, cfg, train_data, dev_data, ner.targets(train_data, cfg), maker, labels, log_path=log)
+        train(model, ner, cfg, ner.targets(train_data, cfg), dev_data, maker, labels, log_path=log)
         with open(log) as f:
             return json.loads(f.readline())["train_seconds"]
 

@@ -29,12 +29,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-train", type=int, default=2000)
     p.add_argument("--max-eval", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="passed to elmo-task")
     args = p.parse_args(argv)
     common = ["--train", os.path.join(args.data, "train.txt"), "--dev", os.path.join(args.data, "valid.txt"),
               "--test", os.path.join(args.data, "test.txt"), "--epochs", str(args.epochs),
               "--set", f"max_train={args.max_train}", "--set", f"max_eval={args.max_eval}", "--quiet"]
-    for s in args.set:
+    for s in args.set + ([f"num_threads={args.threads}"] if args.threads else []):
         common += ["--set", s]
     rows = []
     for name, source in (("ELMo", ["--model", args.model]), ("no ELMo", ["--no-elmo"])):

@@ -66,12 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     e.add_argument("--quiet", action="store_true")
     r = sub.add_parser("predict", help="tag or classify a file with a model folder")
     r.add_argument("model_dir")
     r.add_argument("--data", required=True)
     r.add_argument("--output", required=True)
     r.add_argument("--device", default="cpu")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     r.add_argument("--quiet", action="store_true")
     s = sub.add_parser("split", help="split one classification file or class folder into train/dev/test")
     s.add_argument("data")
@@ -162,7 +164,7 @@ def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
                     time.perf_counter() - started, len(cache))
     model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
     maker = BatchMaker(words, labels, cfg.lowercase_words, model.encoder.needs_chars(cache is not None), cache)
-    summary = train(model, task, cfg, train_data, dev_data, train_targets, maker, labels,
+    summary = train(model, task, cfg, train_targets, dev_data, maker, labels,
                     log_path=os.path.join(args.out, "metrics.jsonl"),
                     on_best=lambda m, epoch, scores: save_weights(args.out, m, cfg))
     results = dict(summary)
@@ -223,6 +225,9 @@ def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    threads = torch.get_num_threads()
+    if getattr(args, "threads", 0) > 0:
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -236,6 +241,8 @@ def main(argv: Optional[list] = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"elmo-task {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,13 @@ def evaluate(model: nn.Module, task, instances: Sequence[Instance], maker: Batch
     return task.evaluate(instances, predictions), predictions
 
 
-def train(model: nn.Module, task, cfg: TaskConfig, train_data: Sequence[Instance],
-          dev_data: Sequence[Instance], train_targets: Sequence[Instance], maker: BatchMaker,
-          labels: Vocabulary, log_path: Optional[str] = None,
+def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Instance],
+          dev_data: Sequence[Instance], maker: BatchMaker, labels: Vocabulary, log_path: Optional[str] = None,
           on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
     """Train ``model`` in place and leave it holding the best weights (by the dev metric).
 
-    ``train_targets`` are the training instances with targets in the model's scheme;
-    ``train_data``/``dev_data`` keep the data's own tags for scoring. ``on_best(model, epoch,
+    ``train_targets`` are the training instances with targets in the model's scheme
+    (``task.targets``); ``dev_data`` keeps the data's own tags for scoring. ``on_best(model, epoch,
     scores)`` is called whenever the dev metric improves (the CLI saves the checkpoint there).
     Each epoch appends to ``log_path`` one JSON object: epoch, train_loss, train_seconds (the
     training pass), seconds (with the dev scoring), bilm_calls (biLM forward passes in the epoch,

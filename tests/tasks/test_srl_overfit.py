@@ -41,5 +41,5 @@ def test_srl_overfits_ontonotes_sample(tmp_path, capsys, data_dir):
 def test_srl_overfits_with_default_sizes(tmp_path, capsys, data_dir):
     """The default SRL head (4 x 300 BiLSTM, dropout 0.1)."""
     torch.manual_seed(0)
-    scores = overfit(tmp_path, capsys, data_dir, ["--epochs", "40", "--batch-size", "8"])
+    scores = overfit(tmp_path, capsys, data_dir, ["--epochs", "40", "--batch-size", "8", "--set", "num_threads=1"])
     assert scores["f1"] >= 95.0, scores

@@ -1,0 +1,92 @@
+"""The README's task table: NER on CoNLL-2003 and Pang & Lee polarity, with and without ELMo.
+
+    .venv/bin/python scripts/task_results.py --model runs/main/lm --out runs/tasks
+
+For each task it trains the model with the ELMo and the baseline (``--no-elmo``) with the default
+settings of ``elmo-task`` (early stopping on dev), then scores each on train, dev and test
+(conlleval span F1 for NER, accuracy for polarity) and writes OUT/results.md (a Markdown table) and
+OUT/results.json. Runs whose model folder already has results.json are not trained again (delete
+the folder, or pass --force, to redo one). The polarity sentences are split once (stratified,
+seed 0: 3,200 / 400 / 400) into OUT/polarity/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tasks.cli import main as elmo_task  # noqa: E402
+
+
+def run(argv: list) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        if elmo_task(argv) != 0:
+            raise SystemExit(f"elmo-task {' '.join(argv)} failed")
+    return out.getvalue()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="ELMo model folder")
+    p.add_argument("--data", default=os.path.join(ROOT, ".data"))
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "tasks"))
+    p.add_argument("--tasks", default="ner,polarity")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="passed to every training")
+    p.add_argument("--force", action="store_true", help="train again even where results exist")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for training and scoring (0 = default)")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    conll = os.path.join(args.data, "conll2003")
+    splits = {"ner": {"train": os.path.join(conll, "train.txt"), "dev": os.path.join(conll, "valid.txt"),
+                      "test": os.path.join(conll, "test.txt")}}
+    extra = {"ner": [], "polarity": ["--set", "text_column=1", "--set", "label_column=0"]}
+    if "polarity" in args.tasks:
+        splits["polarity"] = json.loads(run(["split", os.path.join(args.data, "polarity", "pang_lee_sentences.csv"),
+                                             "--out", os.path.join(args.out, "polarity"), "--label-column", "0"]))
+    table = {}
+    for name in args.tasks.split(","):
+        task, files = ("ner" if name == "ner" else "classify"), splits[name]
+        for variant, source in (("ELMo", ["--model", args.model]), ("no ELMo", ["--no-elmo"])):
+            folder = os.path.join(args.out, f"{name}_{'elmo' if variant == 'ELMo' else 'base'}")
+            started = time.perf_counter()
+            if args.force or not os.path.isfile(os.path.join(folder, "results.json")):
+                sets = [x for s in args.set for x in ("--set", s)]
+                if args.threads:
+                    sets += ["--set", f"num_threads={args.threads}"]
+                run(["train", task, "--train", files["train"], "--dev", files["dev"], "--test", files["test"],
+                     "--out", folder, *source, *extra[name], *sets, "--quiet"])
+            with open(os.path.join(folder, "results.json")) as f:
+                results = json.load(f)
+            row = {"best_epoch": results["best_epoch"], "epochs": results["epochs"],
+                   "train_minutes": (time.perf_counter() - started) / 60}
+            for split in ("train", "dev", "test"):
+                scores = json.loads(run(["evaluate", folder, "--data", files[split], "--json", "--quiet",
+                                         "--threads", str(args.threads)]))
+                row[split] = scores[scores["metric"]]
+            table[(name, variant)] = row
+            print(f"{name:9s} {variant:8s} train {row['train']:6.2f}  dev {row['dev']:6.2f}  test {row['test']:6.2f}",
+                  flush=True)
+    lines = ["| task | input | train | dev | test | epochs (best) |", "| --- | --- | --- | --- | --- | --- |"]
+    for (name, variant), row in table.items():
+        label = "NER, CoNLL-2003 (span F1)" if name == "ner" else "polarity, Pang & Lee (accuracy)"
+        lines.append(f"| {label} | {variant} | {row['train']:.2f} | {row['dev']:.2f} | {row['test']:.2f} | "
+                     f"{row['epochs']} ({row['best_epoch']}) |")
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({f"{n}/{v}": r for (n, v), r in table.items()}, f, indent=2)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
