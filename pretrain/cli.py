@@ -139,6 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"elmo-pretrain: error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0 if summary["completed"] else 130
     if not summary["completed"]:
         print(f"elmo-pretrain: stopped at step {summary['step']} of {summary['total_steps']}; "
               f"continue with: elmo-pretrain ... --out {args.out} --resume", file=sys.stderr)

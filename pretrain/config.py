@@ -122,7 +122,7 @@ class TrainConfig:
     precision: str = "fp32"            # bf16 / fp16 autocast (fp16 with a loss scaler)
     threads: Optional[int] = None      # torch CPU threads; null = torch's default
     log_every: int = 10                # steps between metrics lines
-    eval_every: Optional[int] = None   # steps between held-out evaluations; null = about 10 per run
+    eval_every: Optional[int] = None   # steps between held-out evaluations; null = 5 per run
     checkpoint_every: Optional[int] = None  # steps; null = about 10 per run
     keep_checkpoints: int = 3
     dedup_tokens: bool = True          # run the char CNN once per distinct token of a batch

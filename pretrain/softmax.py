@@ -131,11 +131,13 @@ class LMSoftmax(nn.Module):
         samples = samples.to(hidden.device)  # (S,) sorted
         log_q_samples = torch.log(expected_count(samples, V, num_tries)).float()  # (S,)
         log_q_true = torch.log(expected_count(targets, V, num_tries)).float()  # (N,)
-        w_s, b_s = self.weight[samples], self.bias[samples]  # (S, dim), (S,)
-        sampled = torch.mm(hidden, w_s.to(hidden.dtype).t()).float()  # (N, S)
-        sampled = sampled + (b_s.float() - log_q_samples)
-        true = (hidden.float() * self.weight[targets].float()).sum(-1) + self.bias[targets].float() \
-            - log_q_true  # (N,)
+        # One gather for negatives and targets: each index op makes a dense (V, dim) gradient.
+        S = len(samples)
+        rows = self.weight[torch.cat([samples, targets])]  # (S + N, dim)
+        bias = self.bias[torch.cat([samples, targets])].float()  # (S + N,)
+        sampled = torch.mm(hidden, rows[:S].to(hidden.dtype).t()).float()  # (N, S)
+        sampled = sampled + (bias[:S] - log_q_samples)
+        true = (hidden.float() * rows[S:].float()).sum(-1) + bias[S:] - log_q_true  # (N,)
         # Accidental hits: a negative equal to the row's target is not a negative for that row.
         pos = torch.searchsorted(samples, targets).clamp_(max=len(samples) - 1)  # (N,)
         hit = samples[pos] == targets

@@ -211,8 +211,9 @@ class Trainer:
     def fit(self) -> bool:
         """Train until ``total_steps``; True when finished, False when stopped early (Ctrl-C)."""
         tc = self.config.train
-        every = max(1, self.total_steps // 10)
-        eval_every, ckpt_every = tc.eval_every or every, tc.checkpoint_every or every
+        # Defaults: 4 held-out evaluations before the final one, 10 checkpoints.
+        eval_every = tc.eval_every or max(1, self.total_steps // 5)
+        ckpt_every = tc.checkpoint_every or max(1, self.total_steps // 10)
         previous = _defer_sigint(self)
         bar = _progress(self.total_steps, self.step, tc.progress and self.info.is_main)
         t_log, tok_log, losses = time.perf_counter(), self.tokens, []
