@@ -123,6 +123,7 @@ class TrainConfig:
     threads: Optional[int] = None      # torch CPU threads; null = torch's default
     log_every: int = 10                # steps between metrics lines
     eval_every: Optional[int] = None   # steps between held-out evaluations; null = 5 per run
+    eval_at_start: bool = True         # also before the first step (the curve's starting point)
     checkpoint_every: Optional[int] = None  # steps; null = about 10 per run
     keep_checkpoints: int = 3
     dedup_tokens: bool = True          # run the char CNN once per distinct token of a batch
@@ -194,10 +195,14 @@ class PretrainConfig:
         return PretrainConfig.from_dict(data)
 
 
-# Training settings per size on top of the model preset. ``tiny`` is sized for two CPU cores.
+# Training settings per size on top of the model preset. ``tiny`` is sized for two CPU cores and
+# minutes: Adam learns much faster than the original's Adagrad in a few hundred steps (BBC News,
+# 300 steps of 64 x 20 tokens: held-out perplexity 369 with Adam 0.004, 580 with Adagrad 0.2;
+# unigram 939), and 2048 negatives match the full softmax there at 40% of its step time.
 TRAIN_PRESETS = {
     "tiny": {"data": {"batch_size": 64, "max_vocab_size": 20000},
-             "softmax": {"num_samples": 2048}},
+             "softmax": {"num_samples": 2048},
+             "optim": {"optimizer": "adam", "lr": 0.004}},
     "small": {},
     "medium": {},
     "original": {},

@@ -19,13 +19,19 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] = None) -> bool:
+def _tokens(x: float, _pos=None) -> str:
+    return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k" if x >= 1e3 else f"{x:g}"
+
+
+def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] = None,
+                loss_label: str = "training loss") -> bool:
     """Write the figure; False (and a log message) when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         logger.warning("matplotlib is not installed: no plot (pip install 'elmo-pytorch[plot]')")
         return False
@@ -34,7 +40,7 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     held = [r for r in records if "heldout_forward_ppl" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
-        ax1.plot([r["tokens"] for r in train], [r["loss_mean"] for r in train], label="training loss")
+        ax1.plot([r["tokens"] for r in train], [r["loss_mean"] for r in train], label=loss_label)
     ax1.set_xlabel("training tokens")
     ax1.set_ylabel("loss (nats per token)")
     ax1.set_title("training loss (mean of both directions)")
@@ -52,6 +58,8 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     ax2.set_title("held-out perplexity")
     if held or unigram_ppl is not None:
         ax2.legend()
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_tokens))
     fig.tight_layout()
     tmp = f"{out_path}.tmp.{os.getpid()}.png"
     fig.savefig(tmp, dpi=100)

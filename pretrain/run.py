@@ -173,7 +173,9 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         if completed:
             write_json_atomic(os.path.join(out_dir, RESULTS_NAME), summary)
             unigram_ppl = summary.get("heldout", {}).get("unigram_perplexity_forward_targets")
+            label = "training loss" if lm.softmax.kind != "sampled" else \
+                f"training loss (sampled softmax, {config.softmax.num_samples} negatives)"
             plot_curves(os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, PLOT_NAME),
-                        unigram_ppl)
+                        unigram_ppl, label)
     barrier(info)
     return summary

@@ -214,33 +214,36 @@ class Trainer:
         # Defaults: 4 held-out evaluations before the final one, 10 checkpoints.
         eval_every = tc.eval_every or max(1, self.total_steps // 5)
         ckpt_every = tc.checkpoint_every or max(1, self.total_steps // 10)
+        if self.step == 0 and tc.eval_at_start:
+            self.evaluate()  # the curve's starting point
         previous = _defer_sigint(self)
         bar = _progress(self.total_steps, self.step, tc.progress and self.info.is_main)
         t_log, tok_log, losses = time.perf_counter(), self.tokens, []
         try:
-            while self.step < self.total_steps and not self._should_stop():
-                metrics = self.train_step(self.batcher.next_batch())
-                losses.append(metrics["loss"])
-                if not math.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"step {self.step}: the loss is {metrics['loss']}; lower "
-                                             "optim.lr or use gradient clipping")
-                if self.callback is not None and self.callback(self, metrics):
-                    self.stop_requested = True
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    record = {**metrics, "loss_mean": sum(losses) / len(losses),
-                              "tokens_per_s": (self.tokens - tok_log) / max(now - t_log, 1e-9)}
-                    self.metrics.write(record)
+            with _logging_through(bar):
+                while self.step < self.total_steps and not self._should_stop():
+                    metrics = self.train_step(self.batcher.next_batch())
+                    losses.append(metrics["loss"])
+                    if not math.isfinite(metrics["loss"]):
+                        raise FloatingPointError(f"step {self.step}: the loss is {metrics['loss']}; "
+                                                 "lower optim.lr or use gradient clipping")
+                    if self.callback is not None and self.callback(self, metrics):
+                        self.stop_requested = True
+                    if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        record = {**metrics, "loss_mean": sum(losses) / len(losses),
+                                  "tokens_per_s": (self.tokens - tok_log) / max(now - t_log, 1e-9)}
+                        self.metrics.write(record)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{record['loss_mean']:.3f}",
+                                            tok_s=f"{record['tokens_per_s']:.0f}")
+                        t_log, tok_log, losses = now, self.tokens, []
                     if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss_mean']:.3f}",
-                                        tok_s=f"{record['tokens_per_s']:.0f}")
-                    t_log, tok_log, losses = now, self.tokens, []
-                if bar is not None:
-                    bar.update(1)
-                if self.step % eval_every == 0 and self.step < self.total_steps:
-                    self.evaluate(max_batches=None)
-                if self.step % ckpt_every == 0 and self.step < self.total_steps:
-                    self.save_checkpoint()
+                        bar.update(1)
+                    if self.step % eval_every == 0 and self.step < self.total_steps:
+                        self.evaluate()
+                    if self.step % ckpt_every == 0 and self.step < self.total_steps:
+                        self.save_checkpoint()
         finally:
             if bar is not None:
                 bar.close()
@@ -269,6 +272,15 @@ def _defer_sigint(trainer: Trainer):
         return signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: leave Ctrl-C alone
         return None
+
+
+def _logging_through(bar):
+    """Log lines printed above the progress bar instead of through it."""
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _progress(total: int, initial: int, enabled: bool):
