@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["tiny", "small", "original"],
                    choices=list(PEER_NAMES))
-    p.add_argument("--softmax", nargs="+", default=["full", "sampled"], choices=["full", "sampled"])
+    p.add_argument("--softmax", nargs="*", default=["full", "sampled"], choices=["full", "sampled"],
+                   help="softmax kinds of table 2 (none: skip table 2)")
     p.add_argument("--batch", type=int, default=32, help="rows per step (table 2)")
     p.add_argument("--window", type=int, default=20, help="tokens per row (table 2)")
     p.add_argument("--vocab", type=int, default=100_000, help="softmax vocabulary (table 2)")
