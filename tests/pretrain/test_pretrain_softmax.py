@@ -106,10 +106,10 @@ def test_evaluation_uses_the_full_softmax_in_chunks():
 
 
 def test_adaptive_softmax_is_a_normalised_distribution():
-    sm = LMSoftmax(8, 50, SoftmaxConfig(kind="adaptive", adaptive_cutoffs=[10, 30]))
-    h, t = torch.randn(6, 8), torch.randint(0, 50, (6,))
+    sm = LMSoftmax(16, 50, SoftmaxConfig(kind="adaptive", adaptive_cutoffs=[10, 30]))
+    h, t = torch.randn(6, 16), torch.randint(0, 50, (6,))
     logp = sm.log_probs(h)
     torch.testing.assert_close(torch.logsumexp(logp, -1), torch.zeros(6), atol=1e-5, rtol=0)
     torch.testing.assert_close(sm(h, t), -logp[torch.arange(6), t], atol=1e-5, rtol=1e-5)
-    tiny = LMSoftmax(8, 5, SoftmaxConfig(kind="adaptive"))  # cutoffs above the vocabulary size
+    tiny = LMSoftmax(16, 5, SoftmaxConfig(kind="adaptive"))  # cutoffs above the vocabulary size
     assert torch.isfinite(tiny(h, t % 5)).all()
