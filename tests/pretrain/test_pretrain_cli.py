@@ -172,3 +172,16 @@ def test_budget_flags(tmp_path, capsys):
     n_tokens = sum(len(s.split()) + 2 for s in toy_sentences(30))
     results = json.loads((tmp_path / "e" / "results.json").read_text())
     assert results["step"] == -(-n_tokens // 10)  # one epoch, computed from the corpus
+
+
+@pytest.mark.parametrize("kind", ["full", "adaptive"])
+def test_other_softmax_kinds_train_and_save(kind, tmp_path, capsys):
+    corpus = write_lines(str(tmp_path / "t.txt"), toy_sentences(60))
+    rc, err = run_cli(["--train", corpus, "--out", str(tmp_path / kind), "--softmax", kind,
+                       "--set", "softmax.adaptive_cutoffs=[5]", "--set", "data.heldout_fraction=0.2"],
+                      capsys)
+    assert rc == 0, err
+    saved = torch.load(tmp_path / kind / "lm_softmax.pt", weights_only=True)
+    assert saved["kind"] == kind
+    held = json.loads((tmp_path / kind / "results.json").read_text())["heldout"]
+    assert held["forward_perplexity"] > 1.0
