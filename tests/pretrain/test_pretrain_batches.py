@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from elmo import batch_to_ids

@@ -3,7 +3,6 @@ trains on the combined batch; under ``run`` each process reads its own shard, on
 
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
