@@ -103,7 +103,7 @@ def test_learning_rate_schedules():
     assert lr_factor(7, OptimConfig(), 10) == 1.0
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 @pytest.mark.parametrize("clip", [{"clip_value": 1e-4, "clip_norm": None},
                                   {"clip_value": None, "clip_norm": 1e-3}])
 def test_gradient_clipping(clip):
