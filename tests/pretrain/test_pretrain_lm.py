@@ -66,13 +66,13 @@ def test_loss_is_the_top_layer_predicting_next_and_previous_token():
 def test_each_direction_sees_only_its_own_side():
     lm, corpus, table, _ = setup()
     batch = pad_sentences([corpus[0]], table)
-    base = lm.top_layer(batch)[0]
+    base = lm.top_layer(batch)[0].detach()
     n, P = batch.tokens.shape[1], base.shape[-1] // 2
     other = corpus[5] if corpus[5][0] != corpus[0][0] else corpus[6]
     for pos, side in ((n - 2, "forward"), (1, "backward")):  # change one word
         tokens = corpus[0].copy()
         tokens[pos - 1] = other[0]
-        changed = lm.top_layer(pad_sentences([tokens], table))[0]
+        changed = lm.top_layer(pad_sentences([tokens], table))[0].detach()
         diff = (changed - base).abs().amax(-1)[0]  # (T,) per position, both halves
         if side == "forward":
             fwd = (changed - base)[0, :, :P].abs().amax(-1)
