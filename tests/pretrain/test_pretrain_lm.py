@@ -102,7 +102,8 @@ def test_evaluate_and_unigram_perplexity_by_hand():
     sums = [0.0, 0.0]
     count = 0
     for b in batches:
-        out = lm(b)
+        with torch.no_grad():
+            out = lm(b)
         sums[0] += float(out.forward_loss_sum)
         sums[1] += float(out.backward_loss_sum)
         count += int(out.forward_count)
