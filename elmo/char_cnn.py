@@ -9,6 +9,7 @@ encoded; padding positions come out as zeros and cost nothing.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from elmo.chars import PADDING_CHAR
@@ -54,12 +55,22 @@ class CharCNN(nn.Module):
         self.projection = nn.Linear(config.n_filters, output_dim)
 
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """char_ids (N, C) of real tokens -> (N, output_dim)."""
-        x = self.char_embedding(char_ids).transpose(1, 2)  # (N, e, C)
+        """char_ids (N, C) of real tokens -> (N, output_dim).
+
+        Each convolution is computed as one matrix product over all character windows (about 2x
+        faster on CPU than ``conv1d`` for these shapes), max-pooled over positions; the bias is
+        added after the max (it is constant over positions).
+        """
+        x = self.char_embedding(char_ids)  # (N, C, e)
+        N, C, e = x.shape
         pooled = []
-        for conv in self.convolutions:
-            pooled.append(conv(x).amax(dim=-1))  # (N, count): max over character positions
-        x = torch.cat(pooled, dim=-1)  # (N, n_filters)
+        for conv, (width, count) in zip(self.convolutions, self.config.filters):
+            L = C - width + 1
+            windows = x.unfold(1, width, 1).reshape(N * L, e * width)  # (N*L, e*w), like the weight
+            y = F.linear(windows, conv.weight.view(count, e * width)).view(N, L, count)
+            # amax is the faster forward; max().values has the faster backward.
+            pooled.append(y.max(1).values if torch.is_grad_enabled() else y.amax(1))  # (N, count)
+        x = torch.cat(pooled, dim=-1) + torch.cat([conv.bias for conv in self.convolutions])
         # The activation commutes with the max (both relu and tanh are monotone), so applying
         # it after pooling equals the original's conv -> activation -> max.
         x = torch.relu(x) if self.config.activation == "relu" else torch.tanh(x)
