@@ -55,7 +55,25 @@ class CharCNN(nn.Module):
         self.projection = nn.Linear(config.n_filters, output_dim)
 
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """char_ids (N, C) of real tokens -> (N, output_dim).
+        """char_ids (N, C) of real tokens -> (N, output_dim), exactly as ``encode_characters``.
+
+        The tokens are sorted by length and encoded in two groups, each over only the character
+        positions its longest token needs (see ``trim_characters``): short words then cost about
+        half as much as over the full width.
+        """
+        N = char_ids.shape[0]
+        if N < 64:
+            return self.encode_characters(self.trim_characters(char_ids))
+        used = (char_ids != PADDING_ID).sum(-1)  # (N,)
+        order = torch.argsort(used)
+        half = N // 2
+        parts = [self.encode_characters(self.trim_characters(char_ids[idx]))
+                 for idx in (order[:half], order[half:])]
+        out = torch.empty((N, self.output_dim), device=char_ids.device, dtype=parts[0].dtype)
+        return out.index_put((order,), torch.cat(parts))
+
+    def encode_characters(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """char_ids (N, C) -> (N, output_dim), over all C given character positions.
 
         Each convolution is computed as one matrix product over all character windows (about 2x
         faster on CPU than ``conv1d`` for these shapes), max-pooled over positions; the bias is
@@ -80,9 +98,8 @@ class CharCNN(nn.Module):
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding.
 
-        Each distinct token of the batch is encoded once, and the character axis is cut to what
-        the longest token needs (see ``trim_characters``): both give exactly the same result as
-        encoding every position over all C characters.
+        Each distinct token of the batch is encoded once (see ``encode_tokens``): the same
+        result as encoding every position over all C characters.
         """
         if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.max_characters_per_token:
             raise ValueError(f"char_ids must be (batch, tokens, {self.config.max_characters_per_token}), "
@@ -95,7 +112,7 @@ class CharCNN(nn.Module):
         if bool(real.any()):
             rows = real.nonzero().squeeze(1)
             unique, inverse = torch.unique(flat[rows], dim=0, return_inverse=True)  # (U, C), (N,)
-            encoded = self.encode_tokens(self.trim_characters(unique))  # (U, output_dim)
+            encoded = self.encode_tokens(unique)  # (U, output_dim)
             out = out.index_put((rows,), encoded[inverse])
         return out.reshape(B, T, self.output_dim)
 

@@ -203,8 +203,8 @@ def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_
     mm_dt = gates_mm.dtype
     full = gates_mm.packed is not None
     out = x_proj.new_zeros((D, T, B, h0.shape[-1]), dtype=sdt)
-    gates_all = x_proj.new_zeros((D, T, B, H4), dtype=sdt) if save else None
-    cells_all = x_proj.new_zeros((D, T, B, H), dtype=sdt) if save else None
+    gates_all = x_proj.new_empty((D, T, B, H4), dtype=sdt) if save else None
+    cells_all = x_proj.new_empty((D, T, B, H), dtype=sdt) if save else None
     h, c = h0.clone(), c0.clone()  # (D, B, P), (D, B, H): rows >= n keep their final state
     for t in range(T):
         n = batch_sizes[t]
@@ -229,12 +229,18 @@ def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_
         c[:, :n] = c_r[:, :n]
         h[:, :n] = h_r[:, :n]
         out[:, t, :n] = h_r[:, :n]
-    if save and full:  # rows past their end were computed but are not part of the sequence
-        for t, n in enumerate(batch_sizes):
-            if n < B:
-                gates_all[:, t, n:] = 0
-                cells_all[:, t, n:] = 0
+    if save:  # rows past their end are not part of the sequence: zero, for the backward pass
+        _zero_finished_rows(batch_sizes, gates_all, cells_all)
     return out, h, c, (gates_all, cells_all)
+
+
+def _zero_finished_rows(batch_sizes: Sequence[int], *buffers: torch.Tensor) -> None:
+    """Zero each (D, T, B, ...) buffer at the rows that have ended before step t."""
+    B = buffers[0].shape[2]
+    for t, n in enumerate(batch_sizes):
+        if n < B:
+            for buf in buffers:
+                buf[:, t, n:] = 0
 
 
 class _LstmRecurrence(torch.autograd.Function):
@@ -263,8 +269,9 @@ class _LstmRecurrence(torch.autograd.Function):
         dh = g_h.to(dt).clone() if g_h is not None else h0.new_zeros((D, B, P))
         dc = g_c.to(dt).clone() if g_c is not None else c0.new_zeros((D, B, H))
         g_out = g_out.to(dt) if g_out is not None else out.new_zeros(out.shape)
-        d_gates = gates.new_zeros((D, T, B, H4))
-        d_h_all = out.new_zeros((D, T, B, P))  # gradient at each step's (pre-clip) projection
+        d_gates = gates.new_empty((D, T, B, H4))
+        d_h_all = out.new_empty((D, T, B, P))  # gradient at each step's (pre-clip) projection
+        _zero_finished_rows(bs, d_gates, d_h_all)
         # d_h W_p^T and d_gates W_h^T: contiguous transposes (or packed copies) once per call.
         proj_t = _Products(w_p.transpose(1, 2).contiguous(), B)
         gates_t = _Products(w_h.transpose(1, 2).contiguous(), B)

@@ -89,11 +89,16 @@ def test_char_cnn_dedup_and_trim_equal_the_full_computation():
     assert out.shape == (3, 4, 6)
     assert out[2].abs().sum() == 0 and out[1, 2:].abs().sum() == 0
     with torch.no_grad():
-        full = cnn.encode_tokens(ids.reshape(-1, 50)).reshape(3, 4, 6)  # all 50 characters, no dedup
+        full = cnn.encode_characters(ids.reshape(-1, 50)).reshape(3, 4, 6)  # all 50 characters, no dedup
     mask = (ids > 0).any(-1)
     torch.testing.assert_close(out[mask], full[mask], rtol=0, atol=1e-6)
     # trimming keeps exactly the positions a short word needs: 3 + 2 + max width 7
     assert cnn.trim_characters(batch_to_ids([["the"]])[0]).shape == (1, 12)
+    # many tokens of mixed lengths: encoded in two length groups, still equal to the full width
+    words = [["w" * (1 + i % 40) + str(i) for i in range(150)]]
+    many = batch_to_ids(words)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(cnn.encode_tokens(many), cnn.encode_characters(many), rtol=0, atol=1e-6)
 
 
 def test_char_cnn_rejects_wrong_shape():
