@@ -147,8 +147,8 @@ def _cached_products(layers: Sequence[LstmProjection], rows: int) -> tuple["_Pro
     cached = layers[0].__dict__.get("_products_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    products = (_Products(torch.stack([layer.state_weight.detach() for layer in layers]), rows),
-                _Products(torch.stack([layer.projection_weight.detach() for layer in layers]), rows))
+    products = (_Products([layer.state_weight.detach() for layer in layers], rows),
+                _Products([layer.projection_weight.detach() for layer in layers], rows))
     layers[0].__dict__["_products_cache"] = (key, products)
     return products
 
@@ -160,31 +160,35 @@ def _mkl_packing_available(w: torch.Tensor) -> bool:
 
 
 class _Products:
-    """``x @ W`` for D stacked weights W (D, K, N) and a fixed row count.
+    """``x @ W_d`` for each direction d, for one row count.
 
-    On CPU with MKL, each W is packed once (``_mkl_reorder_linear_weight``, the kernel inductor
-    uses for frozen linears) for products with exactly ``rows`` rows: at 32 rows this is about
-    1.5x faster than ``mm`` for the (32, 512) @ (512, 16384) step of the original model. Products
-    with another row count, and other devices and dtypes, use ``bmm``.
+    ``weights`` is either a stacked (D, K, N) tensor (multiplied with ``bmm``) or a list of D
+    (K, N) tensors (the parameters themselves: no copy). On CPU with MKL, each W_d is also packed
+    once (``_mkl_reorder_linear_weight``, the kernel inductor uses for frozen linears) for
+    products with exactly ``rows`` rows: at 32 rows about 1.5x faster than ``mm`` for the
+    (32, 512) @ (512, 16384) step of the original model. Other row counts use the plain product.
     """
 
-    def __init__(self, w: torch.Tensor, rows: int) -> None:
-        self.rows, self.packed = rows, None
-        if rows > 0 and _mkl_packing_available(w):
-            linear = [w[d].t().contiguous() for d in range(w.shape[0])]  # (N, K), nn.Linear layout
+    def __init__(self, weights, rows: int) -> None:
+        self.weights, self.rows, self.packed = weights, rows, None
+        first = weights[0]
+        self.dtype = first.dtype
+        if rows > 0 and _mkl_packing_available(first):
+            linear = [w.t().contiguous() for w in weights]  # (N, K), the nn.Linear layout
             self.packed = [(torch.ops.mkl._mkl_reorder_linear_weight(lw, rows), lw) for lw in linear]
-        self.w = w
-        self.dtype = w.dtype
 
     def __call__(self, x: torch.Tensor, add: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (D, r, K) [+ add (D, r, N)] -> (D, r, N)."""
         if self.packed is not None and x.shape[1] == self.rows:
             ys = [torch.ops.mkl._mkl_linear(x[d], pw, lw, None, self.rows)
                   for d, (pw, lw) in enumerate(self.packed)]
-            y = torch.stack(ys) if len(ys) > 1 else ys[0].unsqueeze(0)
-            return y.add_(add) if add is not None else y
-        w = self.w.to(x.dtype)
-        return torch.baddbmm(add, x, w) if add is not None else torch.bmm(x, w)
+        elif isinstance(self.weights, torch.Tensor):
+            w = self.weights.to(x.dtype)
+            return torch.baddbmm(add, x, w) if add is not None else torch.bmm(x, w)
+        else:
+            ys = [torch.mm(x[d], w.to(x.dtype)) for d, w in enumerate(self.weights)]
+        y = torch.stack(ys) if len(ys) > 1 else ys[0].unsqueeze(0)
+        return y.add_(add) if add is not None else y
 
 
 def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_clip, save: bool):
@@ -210,7 +214,9 @@ def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_
         n = batch_sizes[t]
         if n == 0:
             break
-        r = B if full else n  # rows multiplied at this step
+        # With packed weights all B rows are multiplied while most are running (the packed
+        # kernel is fast for exactly B rows); the plain product takes over for the tail.
+        r = B if full and 4 * n >= 3 * B else n
         gates = gates_mm(h[:, :r].to(mm_dt), x_proj[:, t, :r])  # (D, r, 4H)
         if mm_dt != sdt:
             gates = gates.to(sdt)

@@ -75,8 +75,8 @@ def test_inference_path_equals_training_path():
     out, (h, c) = layer(x, bs, (h0, c0))
     with torch.no_grad():
         out2, (h2, c2) = layer(x, bs, (h0, c0))
-    torch.testing.assert_close(out, out2, rtol=0, atol=0)
-    torch.testing.assert_close(c, c2, rtol=0, atol=0)
+    torch.testing.assert_close(out, out2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c, c2, rtol=0, atol=1e-12)
 
 
 def test_zero_length_sequence():
