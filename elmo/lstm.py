@@ -127,15 +127,19 @@ def run_lstm(layers: Sequence[LstmProjection], inputs: Sequence[torch.Tensor],
         x_proj = torch.baddbmm(bias, x, w_x).view(D, T, B, H4)  # all steps in one matmul
         w_h = torch.stack([layer.state_weight for layer in layers])  # (D, P, 4H)
         w_p = torch.stack([layer.projection_weight for layer in layers])  # (D, H, P)
-        out, h, c = _LstmRecurrence.apply(x_proj, h0, c0, w_h, w_p, sizes, *clips)
+        # Under autocast the input projection above may run in reduced precision; the recurrence
+        # runs in the weights' dtype (recasting W_h at every step would cost more than it saves).
+        with torch.autocast(h0.device.type, enabled=False):
+            out, h, c = _LstmRecurrence.apply(x_proj.to(mm_dt), h0, c0, w_h, w_p, sizes, *clips)
     else:
-        x_proj = torch.empty((D, T * B, H4), dtype=mm_dt, device=h0.device)
-        for d, (layer, x) in enumerate(zip(layers, inputs)):  # all steps in one matmul each
-            torch.addmm(layer.effective_bias().to(mm_dt), x.reshape(T * B, layer.input_dim).to(mm_dt),
-                        layer.input_weight.to(mm_dt), out=x_proj[d])
-        gates_mm, proj_mm = _cached_products(layers, B)
-        out, h, c, _ = _recurrence(x_proj.view(D, T, B, H4), h0, c0, gates_mm, proj_mm, sizes,
-                                   *clips, save=False)
+        with torch.autocast(h0.device.type, enabled=False):  # inference: the weights' dtype
+            x_proj = torch.empty((D, T * B, H4), dtype=mm_dt, device=h0.device)
+            for d, (layer, x) in enumerate(zip(layers, inputs)):  # all steps in one matmul each
+                torch.addmm(layer.effective_bias().to(mm_dt), x.reshape(T * B, layer.input_dim).to(mm_dt),
+                            layer.input_weight.to(mm_dt), out=x_proj[d])
+            gates_mm, proj_mm = _cached_products(layers, B)
+            out, h, c, _ = _recurrence(x_proj.view(D, T, B, H4), h0, c0, gates_mm, proj_mm, sizes,
+                                       *clips, save=False)
     return [(out[d], (h[d], c[d])) for d in range(D)]
 
 
