@@ -57,23 +57,29 @@ class CharCNN(nn.Module):
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids (N, C) of real tokens -> (N, output_dim), exactly as ``encode_characters``.
 
-        The tokens are sorted by length and encoded in two groups, each over only the character
-        positions its longest token needs (see ``trim_characters``): short words then cost about
-        half as much as over the full width.
+        For the convolutions the tokens are sorted by length and split into two groups, each
+        over only the character positions its longest token needs (see ``trim_characters``):
+        short words then cost about half as much as over the full width. The highway layers
+        and the projection run on all tokens at once.
         """
         N = char_ids.shape[0]
         if N < 64:
-            return self.encode_characters(self.trim_characters(char_ids))
-        used = (char_ids != PADDING_ID).sum(-1)  # (N,)
-        order = torch.argsort(used)
-        half = N // 2
-        parts = [self.encode_characters(self.trim_characters(char_ids[idx]))
-                 for idx in (order[:half], order[half:])]
-        out = torch.empty((N, self.output_dim), device=char_ids.device, dtype=parts[0].dtype)
-        return out.index_put((order,), torch.cat(parts))
+            features = self.convolve(self.trim_characters(char_ids))
+        else:
+            order = torch.argsort((char_ids != PADDING_ID).sum(-1))  # shortest first
+            half = N // 2
+            parts = [self.convolve(self.trim_characters(char_ids[idx]))
+                     for idx in (order[:half], order[half:])]
+            features = torch.empty((N, parts[0].shape[1]), device=char_ids.device, dtype=parts[0].dtype)
+            features = features.index_put((order,), torch.cat(parts))
+        return self.projection(self.highway(features))  # (N, output_dim)
 
     def encode_characters(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """char_ids (N, C) -> (N, output_dim), over all C given character positions.
+        """char_ids (N, C) -> (N, output_dim), over all C given character positions."""
+        return self.projection(self.highway(self.convolve(char_ids)))
+
+    def convolve(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """char_ids (N, C) -> (N, n_filters): convolutions, max-pooled, activation.
 
         Each convolution is computed as one matrix product over all character windows (about 2x
         faster on CPU than ``conv1d`` for these shapes), max-pooled over positions; the bias is
@@ -91,9 +97,7 @@ class CharCNN(nn.Module):
         x = torch.cat(pooled, dim=-1) + torch.cat([conv.bias for conv in self.convolutions])
         # The activation commutes with the max (both relu and tanh are monotone), so applying
         # it after pooling equals the original's conv -> activation -> max.
-        x = torch.relu(x) if self.config.activation == "relu" else torch.tanh(x)
-        x = self.highway(x)
-        return self.projection(x)  # (N, output_dim)
+        return torch.relu(x) if self.config.activation == "relu" else torch.tanh(x)
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding.
