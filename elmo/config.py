@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -19,6 +20,31 @@ ACTIVATIONS = ("relu", "tanh")
 # Recurrent cells of the biLM (see elmo.cells) and recurrent regularizers (elmo.cells.regularizers).
 CELLS = ("lstm", "elman", "jordan", "gru", "peephole", "cifg", "residual-lstm", "rhn", "sru", "qrnn")
 RECURRENT_DROPOUT_KINDS = ("variational", "semeniuta", "zoneout")
+
+
+class JsonConfig:
+    """JSON for config dataclasses (mixed into each top-level config): ``to_dict``, ``from_dict``
+    (nested dataclass fields are built recursively; unknown keys are an error that lists the
+    valid ones), ``save`` (atomic) and ``load``."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return config_from_dict(cls, data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
 
 
 @dataclass
@@ -103,7 +129,7 @@ class BiLMConfig:
 
 
 @dataclass
-class ElmoConfig:
+class ElmoConfig(JsonConfig):
     char_cnn: CharCNNConfig = field(default_factory=CharCNNConfig)
     bilm: BiLMConfig = field(default_factory=BiLMConfig)
 
@@ -116,26 +142,6 @@ class ElmoConfig:
     def num_layers(self) -> int:
         """Number of ELMo layers: the character layer plus one per biLM layer."""
         return self.bilm.n_layers + 1
-
-    # -- JSON ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ElmoConfig":
-        return _from_dict(cls, data, "")
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ElmoConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data)
 
     # -- the original options.json ------------------------------------------------------------
     @classmethod
@@ -213,25 +219,23 @@ def _positive(obj: Any, *names: str) -> None:
             raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
+def config_from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields."""
     if not isinstance(data, dict):
-        raise ValueError(f"config{where or ''}: expected a JSON object for {cls.__name__}, "
+        raise ValueError(f"config{where}: expected a JSON object for {cls.__name__}, "
                          f"got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ValueError(f"config{where}: unknown key(s) {unknown} for {cls.__name__}; "
                          f"valid keys: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        ftype = fields[name].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
-    return cls(**kwargs)
-
-
-_DATACLASSES = {"CharCNNConfig": CharCNNConfig, "BiLMConfig": BiLMConfig, "ElmoConfig": ElmoConfig}
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: config_from_dict(hints[name], value, f"{where}.{name}")
+              if dataclasses.is_dataclass(hints[name]) else value for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # e.g. a string where a number was expected
+        raise ValueError(f"config{where}: {e}") from None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -81,7 +81,7 @@ def state_dict_to_original_arrays(model: ElmoBiLM) -> dict:
     config = model.config
     c, b = config.char_cnn, config.bilm
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    n, H = c.n_filters, b.dim
+    n = c.n_filters
     out = {"char_embed": sd["char_cnn.char_embedding.weight"][1:]}
     for i, _ in enumerate(c.filters):
         out[f"CNN/W_cnn_{i}"] = sd[f"char_cnn.convolutions.{i}.weight"].transpose(2, 1, 0)[None]

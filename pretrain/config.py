@@ -10,14 +10,11 @@ accumulator 1.0, gradient norm clip 10, dropout 0.1.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from elmo.config import ElmoConfig, preset, write_json_atomic
+from elmo.config import ElmoConfig, JsonConfig, preset
 
 TOKENIZERS = ("whitespace", "punct")
 BATCH_MODES = ("window", "sentence")
@@ -146,31 +143,12 @@ class TrainConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(JsonConfig):
     model: ElmoConfig = field(default_factory=lambda: preset("tiny"))
     data: DataConfig = field(default_factory=DataConfig)
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PretrainConfig":
-        return _from_dict(cls, data, "")
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PretrainConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data)
 
     def with_override(self, assignment: str) -> "PretrainConfig":
         """A copy with one ``dotted.path=value`` applied (value parsed as JSON, else a string)."""
@@ -217,26 +195,3 @@ def pretrain_preset(name: str) -> PretrainConfig:
     return PretrainConfig.from_dict(config)
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"config{where}: expected a JSON object for {cls.__name__}, "
-                         f"got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"config{where}: unknown key(s) {unknown} for {cls.__name__}; "
-                         f"valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        ftype = hints[name]
-        if ftype is ElmoConfig:
-            kwargs[name] = ElmoConfig.from_dict(value)
-        elif dataclasses.is_dataclass(ftype):
-            kwargs[name] = _from_dict(ftype, value, f"{where}.{name}")
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # e.g. a string where a number was expected
-        raise ValueError(f"config{where}: {e}") from None

@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     peer_ok = not args.no_peer and os.path.exists(os.path.join(REFENV, "bin", "python"))
     print("\n## Same shape as AllenNLP: 32 x 20 tokens (+<S>,</S>), 10k-word full softmax, "
           "forward + backward (no optimizer step)")
-    print(f"| config | ours tokens/s | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB | ratio |")
+    print("| config | ours tokens/s | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     for size in args.configs:
         options, weights = ensure_weights(size, args.weights_dir)

@@ -10,18 +10,16 @@ pooling and an MLP.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from elmo.config import write_json_atomic
+from elmo.config import JsonConfig
 
 TASKS = ("ner", "srl", "classify")
 CACHES = ("memory", "hdf5", "none")
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(JsonConfig):
     task: str = "ner"
     # -- data --------------------------------------------------------------------------------
     data_format: str = "auto"  # ner: conll2003; srl: conll2012 | conll2005; classify: csv/tsv/jsonl/folder
@@ -90,27 +88,6 @@ class TaskConfig:
             raise ValueError(f"char_filters must look like '1:25,2:50' (width:count,...), "
                              f"got {self.char_filters!r}") from None
         return pairs
-
-    # -- JSON ----------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TaskConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ValueError(f"unknown task config key(s) {unknown}; valid keys: {sorted(valid)}")
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TaskConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data)
 
 
 TASK_DEFAULTS = {
