@@ -18,6 +18,11 @@ step time, evaluation excluded), the speed relative to the LSTM, and the held-ou
 the same 2% of lines for every cell. Each cell runs in its own process, one after the other; the
 table is printed (markdown) and written with the raw results to ``--out``, and plotted to
 ``--plot``. Wrap timed runs in ``flock /tmp/bench.lock`` on a shared machine.
+
+``--layers-only`` times just the recurrent layers instead (no data, no training run): forward and
+backward of each cell's biLM stack on random inputs of the preset's batch x window, the median of
+``--steps`` after two warm-ups. The whole training step also runs the character CNN, the softmax
+and the optimizer, which cost the same for every cell; this shows the cells' own speed.
 """
 
 from __future__ import annotations
@@ -111,6 +116,36 @@ def run_one(args: argparse.Namespace, cell: str) -> dict:
             "heldout_tokens": held.get("tokens_per_direction"), "seconds": summary["seconds"]}
 
 
+def layers_only(args: argparse.Namespace) -> str:
+    """Forward + backward of each cell's recurrent layers alone; returns a markdown table."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for cell in args.cells:
+        config = cell_config(args, cell)
+        torch.manual_seed(args.seed)
+        bilm = BiLM(config.model.bilm).train()
+        B, T, P = config.data.batch_size, config.data.window, config.model.bilm.projection_dim
+        x = torch.randn(B, T, P, requires_grad=True)
+        mask = torch.ones(B, T, dtype=torch.bool)
+        times = []
+        for _ in range(2 + args.steps):
+            started = time.perf_counter()
+            layers, _ = bilm(x, mask)
+            sum(layer.sum() for layer in layers).backward()
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times[2:])
+        rows.append((cell, config.model.bilm.dim, bilm_parameters(config.model.bilm), B * T / seconds, seconds))
+    lstm = next((r[3] for r in rows if r[0] == "lstm"), None)
+    lines = [f"recurrent layers only (forward + backward), batch {B} x {T}, {args.threads} threads", "",
+             "| cell | H | biLM params | ms per batch | tok/s | vs LSTM |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for cell, dim, params, rate, seconds in rows:
+        speed = f"{rate / lstm:.2f}x" if lstm else "-"
+        lines.append(f"| {cell} | {dim} | {params:,} | {seconds * 1000:.1f} | {rate:,.0f} | {speed} |")
+    return "\n".join(lines)
+
+
 def table(rows: list) -> str:
     lstm = next((r for r in rows if r["cell"] == "lstm"), None)
     lines = ["| cell | H | biLM params | train tok/s | vs LSTM | held-out ppl fwd / bwd | geo. mean |",
@@ -167,12 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training text (default: the BBC News corpus from scripts/get_data.py)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_cells"))
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "cells_bench.png"))
+    p.add_argument("--layers-only", action="store_true",
+                   help="time only the recurrent layers (forward + backward), no training run")
+    p.add_argument("--steps", type=int, default=10, help="timed batches per cell with --layers-only")
     p.add_argument("--one", choices=CELLS, help=argparse.SUPPRESS)  # internal: run one cell here
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.layers_only:
+        print(layers_only(args))
+        return 0
     if not os.path.exists(args.data):
         print(f"bench_cells: no training data at {args.data}; run: python scripts/get_data.py",
               file=sys.stderr)
