@@ -28,16 +28,13 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from tasks.readers import read_classification, read_conll2003  # noqa: E402
 from tasks.split import split_classification  # noqa: E402
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _csv_texts(path: str, column: int = 1) -> list:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return [row[column] for row in csv.reader(f) if len(row) > column]
+def _texts(path: str) -> list:
+    """The polarity CSVs' text column (index 1), whitespace-normalised."""
+    return [" ".join(x.tokens) for x in read_classification(path, text_column="1", with_labels=False)]
 
 
 def _write(path: str, lines: list) -> None:
@@ -61,32 +58,23 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     counts = {}
 
-    lines, words = [], []
-    with open(conll, encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if not fields or fields[0] == "-DOCSTART-":
-                if words:
-                    lines.append(" ".join(words))
-                words = []
-            else:
-                words.append(fields[0])
-    if words:
-        lines.append(" ".join(words))
+    lines = [" ".join(x.tokens) for x in read_conll2003(conll, with_tags=False)]
     _write(os.path.join(args.out, "conll2003_train.txt"), lines)
     counts["conll2003_train"] = {"lines": len(lines), "words": sum(len(x.split()) for x in lines)}
 
     with tempfile.TemporaryDirectory() as tmp:
         parts = split_classification(sentences, tmp, label_column="0")
-        train = [_normal(t) for t in _csv_texts(parts["train"])]
-        held_out = {_normal(t) for part in ("dev", "test") for t in _csv_texts(parts[part])}
+        train = _texts(parts["train"])
+        held_out = {t for part in ("dev", "test") for t in _texts(parts[part])}
     _write(os.path.join(args.out, "polarity_train.txt"), train)
     counts["polarity_train"] = {"lines": len(train), "words": sum(len(x.split()) for x in train)}
 
     kept, dropped = [], 0
-    for review in _csv_texts(reviews):
+    with open(reviews, encoding="utf-8-sig", newline="") as f:
+        texts = [row[1] for row in csv.reader(f) if len(row) > 1]
+    for review in texts:
         for line in review.splitlines():
-            line = _normal(line)
+            line = " ".join(line.split())
             if not line:
                 continue
             if line in held_out:

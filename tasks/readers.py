@@ -249,7 +249,9 @@ def read_classification(path: str, text_column: str = "text", label_column: str 
     delimiter = "\t" if path.endswith((".tsv", ".tab")) else ","
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter=delimiter))
-    named = not (text_column.lstrip("-").isdigit() and label_column.lstrip("-").isdigit())
+    # a header row exists when a column is named; the label column counts only when labels are read
+    numeric = [text_column] + ([label_column] if with_labels else [])
+    named = not all(c.lstrip("-").isdigit() for c in numeric)
     header = rows[0] if named and rows else None
     t = _column(header, text_column, path, "text")
     lab = _column(header, label_column, path, "label") if with_labels else None

@@ -127,6 +127,11 @@ def test_classification_csv_tsv_jsonl(tmp_path):
     with pytest.raises(DataError, match=r"k.jsonl:2: expected a JSON object with keys 'text' and 'label'"):
         read_classification(path)
     assert read_classification(path, with_labels=False)[1].tokens == ["no", "label"]
+    # unlabelled, no header: a numeric text column alone means no header row (the label column's
+    # default name must not make the first row a header)
+    path = write(tmp_path, "u.csv", '"x","first row"\n"y","second"\n')
+    assert [x.tokens for x in read_classification(path, text_column="1", with_labels=False)] == [
+        ["first", "row"], ["second"]]
     path = write(tmp_path, "short.csv", '"1","fine"\n"0"\n')
     with pytest.raises(DataError, match="short.csv: row 2: 1 fields, expected at least 2"):
         read_classification(path, text_column="1", label_column="0")
