@@ -1,8 +1,8 @@
 """Write the pretraining text of the README's task table: news plus unlabelled in-domain text.
 
-    .venv/bin/python scripts/results_corpus.py --out runs/results/corpus
-    .venv/bin/elmo-pretrain --train .data/bbcnews runs/results/corpus --preset tiny --tokenizer punct \\
-        --out runs/results/lm --max-tokens 6000000
+    .venv/bin/python scripts/results_corpus.py --out runs/results2/corpus
+    .venv/bin/elmo-pretrain --train .data/bbcnews runs/results2/corpus --preset tiny --tokenizer punct \\
+        --out runs/results2/lm --max-tokens 6000000 --threads 2
 
 Files written to OUT (one sentence per line; BBC News is read from .data/bbcnews directly):
 
