@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tasks.readers import read_classification, read_conll2003  # noqa: E402
-from tasks.split import split_classification  # noqa: E402
+from tasks.split import _write_atomic, split_classification  # noqa: E402
 
 
 def _texts(path: str) -> list:
@@ -38,10 +38,7 @@ def _texts(path: str) -> list:
 
 
 def _write(path: str, lines: list) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def main(argv=None) -> int:
