@@ -59,6 +59,9 @@ def main(argv=None) -> int:
         p.error(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2")
     if not seeds:
         p.error("--seeds: give at least one seed")
+    names = args.tasks.split(",")
+    if not names or set(names) - {"ner", "polarity"}:
+        p.error(f"--tasks {args.tasks!r}: expected ner, polarity or ner,polarity")
     variants = set(args.variants.split(","))
     if "elmo" in variants and not args.model:
         p.error("--model ELMO_DIR is needed for the ELMo models (or pass --variants base)")
@@ -69,11 +72,11 @@ def main(argv=None) -> int:
     splits = {"ner": {"train": os.path.join(conll, "train.txt"), "dev": os.path.join(conll, "valid.txt"),
                       "test": os.path.join(conll, "test.txt")}}
     extra = {"ner": [], "polarity": ["--set", "text_column=1", "--set", "label_column=0"]}
-    if "polarity" in args.tasks:
+    if "polarity" in names:
         splits["polarity"] = json.loads(run(["split", os.path.join(args.data, "polarity", "pang_lee_sentences.csv"),
                                              "--out", os.path.join(args.out, "polarity"), "--label-column", "0"]))
     table = {}
-    for name in args.tasks.split(","):
+    for name in names:
         task, files = ("ner" if name == "ner" else "classify"), splits[name]
         for variant, source in (("ELMo", ["--model", args.model]), ("no ELMo", ["--no-elmo"])):
             if ("elmo" if variant == "ELMo" else "base") not in variants:

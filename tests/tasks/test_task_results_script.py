@@ -89,6 +89,7 @@ def test_bad_arguments_stop_before_training(tmp_path, capsys, data_and_model):
     script, out = load_script(), str(tmp_path / "out")
     for argv, message in ((["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
                           (["--variants", "elmo"], "--model ELMO_DIR is needed"),
+                          (["--tasks", "ner,srl", "--model", "m"], "--tasks 'ner,srl': expected"),
                           (["--variants", "base,bert", "--model", "m"], "--variants 'base,bert': expected")):
         with pytest.raises(SystemExit) as e:
             script.main(["--data", data, "--out", out, *argv])
