@@ -304,9 +304,12 @@ class _LstmRecurrence(torch.autograd.Function):
             raise TypeError("training the LSTM needs float32 (or float64) weights; use "
                             "torch.autocast for reduced precision elsewhere")
         B = x_proj.shape[2]
-        # Training packs nothing: the weights change every step, and packing them per call
-        # measured no faster than plain products (167 vs 170 tokens/s at the original size).
-        products = (_Products(w_h, B, pack=False), _Products(w_p, B, pack=False))
+        # The weights change every training step, so they are prepared once per call (one
+        # window). oneDNN's packing pays for itself within a window (ORIGINAL size, AMD EPYC:
+        # 45 ms to transpose and reorder W_h, then 3.0 instead of 9.5 ms per step and direction);
+        # MKL's did not (167 vs 170 tokens/s on an Intel Xeon), so it is not used here.
+        pack = _gemm_backend(w_h) == "onednn"
+        products = (_Products(w_h, B, pack=pack), _Products(w_p, B, pack=pack))
         out, h, c, (gates, cells) = _recurrence(x_proj, h0, c0, *products, batch_sizes,
                                                 cell_clip, proj_clip, save=True)
         ctx.save_for_backward(h0, c0, w_h, w_p, out, gates, cells)
@@ -327,34 +330,36 @@ class _LstmRecurrence(torch.autograd.Function):
         d_gates = gates.new_empty((D, T, B, H4))
         d_h_all = out.new_empty((D, T, B, P))  # gradient at each step's (pre-clip) projection
         _zero_finished_rows(bs, d_gates, d_h_all)
-        # d_h W_p^T and d_gates W_h^T against transposed views: a contiguous copy of W_h^T costs
-        # more (70 ms at the original size) than it saves over the ~20 steps of a window.
+        # d_h W_p^T and d_gates W_h^T against transposed views (oneDNN takes them as they are,
+        # in its (N, K) layout); a contiguous copy of W_h^T for MKL costs more (70 ms at the
+        # original size) than it saves over the ~20 steps of a window. Nothing here is packed
+        # for a fixed row count, so each step multiplies only the n running rows.
         proj_t = _Products(w_p.transpose(1, 2), B, pack=False)
         gates_t = _Products(w_h.transpose(1, 2), B, pack=False)
-        full = proj_t.fixed_rows
         for t in reversed(range(T)):
             n = bs[t]
             if n == 0:
                 continue
-            r = B if full else n
-            d_hr = g_out[:, t, :r] + dh[:, :r]
+            d_hr = g_out[:, t, :n] + dh[:, :n]
             if proj_clip is not None:
-                d_hr = d_hr * (out[:, t, :r].abs() < proj_clip)
-            d_h_all[:, t, :n] = d_hr[:, :n]
-            dm = proj_t(d_hr)  # (D, r, H)
-            act = gates[:, t, :r]
+                d_hr = d_hr * (out[:, t, :n].abs() < proj_clip)
+            d_h_all[:, t, :n] = d_hr
+            dm = proj_t(d_hr)  # (D, n, H)
+            act = gates[:, t, :n]
             i, f, o, g = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
-            c_t = cells[:, t, :r]
+            c_t = cells[:, t, :n]
             tanh_c = torch.tanh(c_t)
-            d_c = dc[:, :r] + dm * o * (1 - tanh_c * tanh_c)
+            d_c = dc[:, :n] + dm * o * (1 - tanh_c * tanh_c)
             if cell_clip is not None:
                 d_c = d_c * (c_t.abs() < cell_clip)
-            c_prev = cells[:, t - 1, :r] if t > 0 else c0[:, :r]
-            dg = torch.cat([d_c * g * i * (1 - i), d_c * c_prev * f * (1 - f),
-                            dm * tanh_c * o * (1 - o), d_c * i * (1 - g * g)], dim=-1)  # (D, r, 4H)
-            d_gates[:, t, :n] = dg[:, :n]
-            dc[:, :n] = (d_c * f)[:, :n]
-            dh[:, :n] = gates_t(dg)[:, :n]  # (D, n, P)
+            c_prev = cells[:, t - 1, :n] if t > 0 else c0[:, :n]
+            dg = d_gates[:, t, :n]  # (D, n, 4H), written in place
+            torch.mul(d_c * g, i * (1 - i), out=dg[..., :H])
+            torch.mul(d_c * c_prev, f * (1 - f), out=dg[..., H : 2 * H])
+            torch.mul(dm * tanh_c, o * (1 - o), out=dg[..., 2 * H : 3 * H])
+            torch.mul(d_c * i, 1 - g * g, out=dg[..., 3 * H :])
+            dc[:, :n] = d_c * f
+            dh[:, :n] = gates_t(dg)  # (D, n, P)
         # Weight gradients: one large matmul each, over all steps (inactive rows are zero).
         h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], 1).reshape(D, T * B, P)
         d_w_h = torch.bmm(h_prev.transpose(1, 2), d_gates.reshape(D, T * B, H4))  # (D, P, 4H)

@@ -1,5 +1,6 @@
 """The projected LSTM: hand-written backward vs. gradcheck and a step-by-step reference."""
 
+import pytest
 import torch
 
 from elmo.lstm import LstmProjection, batch_sizes_from_lengths
@@ -106,3 +107,44 @@ def test_bidirectional_loop_equals_two_separate_layers():
     g2 = torch.autograd.grad(sum((a * w).sum() for a, w in zip(flat(separate), weights)), params)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["onednn", "mkl", "plain"])
+def test_float32_kernels_equal_the_reference(backend, monkeypatch):
+    """Each library that can run the per-step products (ELMO_GEMM) gives the float64 reference's
+    outputs and gradients in float32, in training and in inference (packed weights)."""
+    from elmo.lstm import _gemm_backend
+
+    monkeypatch.setenv("ELMO_GEMM", backend)
+    torch.manual_seed(7)
+    layer = LstmProjection(8, 16, 6, cell_clip=0.5, proj_clip=0.3)
+    if _gemm_backend(layer.state_weight) != backend:
+        pytest.skip(f"this torch build has no {backend} kernels")
+    lengths = [7, 5, 5, 2, 0]
+    bs = batch_sizes_from_lengths(lengths)
+    x = torch.randn(7, len(lengths), 8, requires_grad=True)
+    h0, c0 = torch.randn(len(lengths), 6), torch.randn(len(lengths), 16)
+    out, (h, c) = layer(x, bs, (h0, c0))
+    with torch.no_grad():
+        out_inf, (h_inf, c_inf) = layer(x, bs, (h0, c0))
+    ref_layer = LstmProjection(8, 16, 6, cell_clip=0.5, proj_clip=0.3).double()
+    ref_layer.load_state_dict(layer.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    ref = _reference(ref_layer, x64, lengths, h0.double(), c0.double())
+    for a, b, a_inf in zip((out, h, c), ref, (out_inf, h_inf, c_inf)):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a_inf.double(), b, rtol=0, atol=1e-5)
+    weights = [torch.randn_like(b) for b in ref]
+    g1 = torch.autograd.grad(sum((a.double() * w).sum() for a, w in zip((out, h, c), weights)),
+                             (x, *layer.parameters()))
+    g2 = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ref, weights)),
+                             (x64, *ref_layer.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-4)
+
+
+def test_unknown_gemm_choice_is_an_error(monkeypatch):
+    monkeypatch.setenv("ELMO_GEMM", "cublas")
+    layer = LstmProjection(3, 5, 4)
+    with pytest.raises(ValueError, match="ELMO_GEMM='cublas': expected auto, onednn, mkl or plain"):
+        layer(torch.zeros(2, 1, 3), [1, 1])
