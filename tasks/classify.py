@@ -14,7 +14,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.data import Batch, Vocabulary
-from tasks.encoder import SequenceEncoder, TokenEncoder
+from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import classification_scores
 from tasks.readers import DataError, Instance, read_classification, read_hf
 
@@ -25,10 +25,10 @@ class Classifier(nn.Module):
     def __init__(self, cfg: TaskConfig, num_words: int, num_labels: int, bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout)
         self.mlp = nn.Sequential(nn.Linear(2 * self.lstm.output_dim, cfg.mlp_dim), nn.ReLU(),
-                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.mlp_dim, num_labels))
+                                 Dropout(cfg.dropout), nn.Linear(cfg.mlp_dim, num_labels))
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """-> label scores (B, C)."""

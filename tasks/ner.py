@@ -17,7 +17,7 @@ from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import ConditionalRandomField
 from tasks.data import Batch, Vocabulary
-from tasks.encoder import SequenceEncoder, TokenEncoder
+from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2003, read_hf
 from tasks.tags import allowed_transitions, convert, detect_scheme, scheme_labels, split_tag
@@ -30,7 +30,7 @@ class CrfTagger(nn.Module):
                  bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
         self.crf = ConditionalRandomField(len(labels), allowed_transitions(labels, cfg.tag_scheme))

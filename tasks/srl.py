@@ -19,7 +19,7 @@ from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import constraint_scores, viterbi_decode
 from tasks.data import Batch, Vocabulary
-from tasks.encoder import SequenceEncoder, TokenEncoder
+from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2005_props, read_conll2012_srl
 from tasks.tags import allowed_transitions, convert, scheme_labels, split_tag, tags_to_spans
@@ -33,7 +33,7 @@ class SrlTagger(nn.Module):
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
         self.predicate_embedding = nn.Embedding(2, cfg.predicate_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.lstm = SequenceEncoder(self.encoder.output_dim + cfg.predicate_dim, cfg.hidden_dim,
                                     cfg.num_lstm_layers, cfg.dropout)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))

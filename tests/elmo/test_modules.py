@@ -105,3 +105,29 @@ def test_char_cnn_rejects_wrong_shape():
     cnn = CharCNN(CharCNNConfig(embedding_dim=2, filters=[[1, 2]], n_highway=0), 3)
     with pytest.raises(ValueError, match=r"char_ids must be \(batch, tokens, 50\), got \(2, 7\)"):
         cnn(torch.zeros(2, 7, dtype=torch.long))
+
+
+def test_reverse_padded_both_layouts_and_gradient():
+    from elmo.bilm import reverse_padded
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([4, 2, 0, 3])
+    x = torch.randn(4, 5, 3)  # (B, T, D)
+    expected = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        expected[b, :n] = x[b, :n].flip(0)
+    torch.testing.assert_close(reverse_padded(x, lengths, time_dim=1), expected, rtol=0, atol=0)
+    time_major = x.transpose(0, 1)  # a non-contiguous (T, B, D) view: the gather path
+    torch.testing.assert_close(reverse_padded(time_major, lengths), expected.transpose(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(reverse_padded(time_major.contiguous(), lengths), expected.transpose(0, 1),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(reverse_padded(reverse_padded(x, lengths, 1), lengths, 1), x, rtol=0, atol=0)
+    x.requires_grad_()
+    w = torch.randn(4, 5, 3)
+    (reverse_padded(x, lengths, time_dim=1) * w).sum().backward()
+    w_back = w.clone()
+    for b, n in enumerate(lengths.tolist()):
+        w_back[b, :n] = w[b, :n].flip(0)
+    torch.testing.assert_close(x.grad, w_back, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="time_dim must be 0 or 1, got 2"):
+        reverse_padded(x, lengths, time_dim=2)
