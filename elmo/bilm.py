@@ -44,7 +44,7 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 0) ->
         return x.gather(time_dim, index.unsqueeze(-1).expand_as(x))
     b = torch.arange(B, device=x.device)
     rows = index * B + b if time_dim == 0 else index.t() + (b * T).unsqueeze(1)  # flat row ids
-    return x.reshape(T * B, -1).index_select(0, rows.reshape(-1)).view(x.shape)
+    return x.reshape(T * B, *x.shape[2:]).index_select(0, rows.reshape(-1)).view(x.shape)
 
 
 class BiLM(nn.Module):
