@@ -20,7 +20,9 @@ into preallocated buffers. Sequences are processed "packed": rows are sorted by 
 first) and step t touches only the ``batch_sizes[t]`` rows still running, so padding costs
 nothing and never changes a row's state. For training, ``_LstmRecurrence`` has a hand-written
 backward pass: the per-step work is two skinny matmuls, and the weight gradients are three large
-matmuls over all steps at once instead of one small outer product per step.
+matmuls over all steps at once instead of one small outer product per step. The skinny per-step
+products run through oneDNN (or MKL) kernels with prepared weights where torch has them
+(``_Products``; ``ELMO_GEMM=onednn|mkl|plain`` overrides the choice).
 """
 
 from __future__ import annotations
