@@ -85,11 +85,15 @@ class ConditionalRandomField(nn.Module):
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log Z of every row (B,) by the forward algorithm; emissions (B, T, K), mask (B, T)."""
         transitions, start, end = self._scores(FORBIDDEN)
-        alpha = start.unsqueeze(0) + emissions[:, 0]  # (B, K)
-        for t in range(1, emissions.shape[1]):
+        trans = transitions.unsqueeze(0)  # (1, K, K)
+        # unbind once: indexing emissions[:, t] in the loop would make the backward pass build a
+        # zero-filled (B, T, K) gradient for every step
+        steps, running = emissions.unbind(1), mask.unbind(1)
+        alpha = start.unsqueeze(0) + steps[0]  # (B, K)
+        for t in range(1, len(steps)):
             # alpha'[j] = logsumexp_i(alpha[i] + trans[i, j]) + e[t, j]
-            nxt = torch.logsumexp(alpha.unsqueeze(2) + transitions.unsqueeze(0), dim=1) + emissions[:, t]
-            alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + trans, dim=1) + steps[t]
+            alpha = torch.where(running[t].unsqueeze(1), nxt, alpha)
         return torch.logsumexp(alpha + end.unsqueeze(0), dim=-1)
 
     def sequence_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,15 @@ def make_adam(params: list, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
+    """``nn.utils.clip_grad_norm_`` with the multi-tensor (foreach) kernels where this torch has them
+    for the parameters' device, the per-tensor loop otherwise (the same norm either way)."""
+    try:
+        return nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    except RuntimeError:
+        return nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Instance],
           dev_data: Sequence[Instance], maker: BatchMaker, labels: Vocabulary, log_path: Optional[str] = None,
           on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
@@ -98,7 +107,7 @@ def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Insta
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    clip_grad_norm(params, cfg.grad_clip)
                 optimizer.step()
                 total, steps = total + float(loss.detach()), steps + 1
                 bar.set_postfix(loss=f"{total / steps:.4f}")

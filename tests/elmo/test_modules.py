@@ -75,6 +75,16 @@ def test_scalar_mix_gradcheck():
     assert torch.autograd.gradcheck(f, (*layers, mix.scalar_parameters, mix.gamma))
 
 
+def test_scalar_mix_gradcheck_stacked_layers():
+    mix = ScalarMix(3).double()
+    with torch.no_grad():
+        mix.scalar_parameters.copy_(torch.tensor([0.3, -1.0, 0.5]))
+        mix.gamma.fill_(0.8)
+    layers = torch.randn(3, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s, g: mix(x), (layers, mix.scalar_parameters, mix.gamma))
+    torch.testing.assert_close(mix(layers), mix(list(layers)), rtol=0, atol=1e-12)
+
+
 def test_scalar_mix_rejects_wrong_layer_count():
     with pytest.raises(ValueError, match="built for 3 layers, got 2"):
         ScalarMix(3)([torch.zeros(1, 1, 1)] * 2)
