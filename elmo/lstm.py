@@ -170,9 +170,7 @@ def _gemm_backend(w: torch.Tensor) -> str:
         raise ValueError(f"ELMO_GEMM={choice!r}: expected auto, onednn, mkl or plain")
     if os.environ.get("ELMO_NO_PACKED_GEMM") or choice == "plain" or w.device.type != "cpu":
         return "plain"
-    onednn = (w.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-              and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    onednn = w.dtype in (torch.float32, torch.bfloat16) and _onednn_works(w.dtype)
     mkl = (w.dtype == torch.float32 and torch.backends.mkl.is_available()
            and hasattr(torch.ops.mkl, "_mkl_linear"))
     if onednn and choice in ("auto", "onednn"):
@@ -180,6 +178,29 @@ def _gemm_backend(w: torch.Tensor) -> str:
     if mkl and choice in ("auto", "mkl"):
         return "mkl"
     return "plain"
+
+
+_ONEDNN_WORKS: dict = {}
+
+
+def _onednn_works(dtype: torch.dtype) -> bool:
+    """Whether this torch build runs oneDNN's prepared-weight linear for ``dtype`` on this CPU:
+    checked once per process on a tiny product against ``mm`` (a build may list the ops and
+    still lack a kernel, e.g. on some ARM machines); otherwise MKL or plain products are used."""
+    if dtype not in _ONEDNN_WORKS:
+        ok = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+        if ok:
+            try:
+                x = torch.arange(6, dtype=torch.float32).view(2, 3).to(dtype)
+                w = torch.arange(12, dtype=torch.float32).view(4, 3).to(dtype)  # (N, K)
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
+                y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+                ok = bool(torch.equal(y.float(), (x.float() @ w.float().t())))
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _ONEDNN_WORKS[dtype] = ok
+    return _ONEDNN_WORKS[dtype]
 
 
 class _Products:

@@ -148,3 +148,23 @@ def test_unknown_gemm_choice_is_an_error(monkeypatch):
     layer = LstmProjection(3, 5, 4)
     with pytest.raises(ValueError, match="ELMO_GEMM='cublas': expected auto, onednn, mkl or plain"):
         layer(torch.zeros(2, 1, 3), [1, 1])
+
+
+def test_without_working_onednn_kernels_another_backend_runs(monkeypatch):
+    """A build whose oneDNN ops fail the start-up check falls back to MKL or plain products."""
+    import elmo.lstm as lstm
+
+    monkeypatch.delenv("ELMO_GEMM", raising=False)
+    monkeypatch.setattr(lstm, "_ONEDNN_WORKS", {torch.float32: False})
+    torch.manual_seed(2)
+    layer = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3)
+    assert lstm._gemm_backend(layer.state_weight) in ("mkl", "plain")
+    x = torch.randn(6, len(LENGTHS), 3)
+    bs = batch_sizes_from_lengths(LENGTHS)
+    with torch.no_grad():
+        out, _ = layer(x, bs)
+    ref_layer = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
+    ref_layer.load_state_dict(layer.state_dict())
+    zeros = (torch.zeros(len(LENGTHS), 4, dtype=torch.float64), torch.zeros(len(LENGTHS), 5, dtype=torch.float64))
+    ref = _reference(ref_layer, x.double(), LENGTHS, *zeros)[0]
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
