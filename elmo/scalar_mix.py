@@ -48,12 +48,6 @@ class ScalarMix(nn.Module):
             raise ValueError("ScalarMix(do_layer_norm=True) needs the mask")
         out_dtype = torch.promote_types(layers[0].dtype, torch.float32)
         w = self.weights().to(out_dtype)
-        if isinstance(layers, torch.Tensor) and not self.do_layer_norm:
-            # A stacked (L, B, T, D) tensor (cached layers): one (1, L) @ (L, B*T*D) product
-            # reads each layer once; its backward gives the weights' gradients the same way.
-            coeffs = (self.gamma.to(out_dtype) * w).unsqueeze(0)  # (1, L)
-            flat = layers.reshape(self.num_layers, -1).to(out_dtype)
-            return (coeffs @ flat).view(layers.shape[1:])
         total = None
         for k, layer in enumerate(layers):
             layer = layer.to(out_dtype)
