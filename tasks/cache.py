@@ -5,7 +5,10 @@ layers can be computed once (sentences sorted by length, batched, under ``infere
 the task head trained on them: no epoch runs the biLM again. This is exact, not an approximation
 (the original recomputed the frozen biLM in every epoch).
 
-Two stores: in memory (a dict), or an HDF5 file that later runs reuse. The file holds one group
+Two stores: in memory, or an HDF5 file that later runs reuse. In memory, the sentences of one
+``fill`` share one (L+1, tokens + 1, 2P) tensor (row 0 stays zero), so a padded batch is one
+``index_select`` rather than a zero-filled tensor and a copy per sentence, and a long cache is a
+few large blocks instead of one allocation per sentence. The file holds one group
 per model, named by a fingerprint of the model's configuration and weights, with one dataset
 (L+1, n, 2P) per sentence named by a hash of its tokens; a different model never reads another's
 layers. New layers are written to a temporary copy that replaces the file when complete, so an
@@ -78,7 +81,8 @@ class LayerCache:
         self.num_layers, self.dim = bilm.num_layers, bilm.output_dim
         self.fingerprint = model_fingerprint(bilm)
         self.computed = 0  # sentences whose layers this cache computed
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, tuple[int, int, int]] = {}  # key -> (block, first row, length)
+        self._blocks: list[torch.Tensor] = []  # (L+1, rows, 2P) each, row 0 zero
         self._file: Optional[h5py.File] = None
 
     # -- filling ---------------------------------------------------------------------------
@@ -94,12 +98,24 @@ class LayerCache:
         todo = list(missing.values())
         logger.info("computing ELMo layers of %d sentences (%d tokens)", len(todo), sum(map(len, todo)))
         if self.path is None:
-            for i, layers in compute_layers(self.bilm, todo, self.batch_size, self.progress):
-                self._memory[sentence_key(todo[i])] = layers.to(self.dtype)
+            self._fill_memory(todo)
         else:
             self._fill_file(todo)
         self.computed += len(todo)
         return len(todo)
+
+    def _fill_memory(self, todo: list) -> None:
+        starts, row = [], 1
+        for tokens in todo:
+            starts.append(row)
+            row += len(tokens)
+        block = torch.empty((self.num_layers, row, self.dim), dtype=self.dtype)
+        block[:, 0] = 0
+        for i, layers in compute_layers(self.bilm, todo, self.batch_size, self.progress):
+            block[:, starts[i] : starts[i] + len(todo[i])] = layers
+        self._blocks.append(block)
+        for tokens, start in zip(todo, starts):
+            self._memory[sentence_key(tokens)] = (len(self._blocks) - 1, start, len(tokens))
 
     def _fill_file(self, todo: list) -> None:
         self.close()
@@ -142,7 +158,8 @@ class LayerCache:
         """Layers (L+1, n, 2P) float32 of one cached sentence."""
         key = sentence_key(tokens)
         if self.path is None:
-            layers = self._memory.get(key)
+            where = self._memory.get(key)
+            layers = None if where is None else self._blocks[where[0]][:, where[1] : where[1] + where[2]]
         else:
             group = self._group()
             layers = torch.from_numpy(group[key][()]) if group is not None and key in group else None
@@ -153,6 +170,15 @@ class LayerCache:
     def batch(self, sentences: Sequence[Sequence[str]], length: Optional[int] = None) -> torch.Tensor:
         """Padded layers (L+1, B, T, 2P) of cached sentences, zeros past each sentence."""
         T = max([len(s) for s in sentences] + [length or 0])
+        if self.path is None:
+            where = [self._memory.get(sentence_key(tokens)) for tokens in sentences]
+            blocks = {w[0] for w in where if w is not None}
+            if None not in where and len(blocks) == 1:  # one gather from the block
+                starts, lengths = torch.tensor([[w[1], w[2]] for w in where]).unbind(1)
+                steps = torch.arange(T)
+                rows = torch.where(steps < lengths.unsqueeze(1), starts.unsqueeze(1) + steps, 0)  # (B, T)
+                out = self._blocks[blocks.pop()].index_select(1, rows.view(-1))
+                return out.view(self.num_layers, len(sentences), T, self.dim).float()
         out = torch.zeros(self.num_layers, len(sentences), T, self.dim)
         for b, tokens in enumerate(sentences):
             out[:, b, : len(tokens)] = self.get(tokens)

@@ -45,6 +45,28 @@ def test_memory_cache_equals_biLM_and_is_computed_once(tiny_config):
         cache.get(["unseen"])
 
 
+def test_memory_cache_blocks_from_several_fills(tiny_config):
+    """Each fill stores its sentences in one block; a batch drawn from one block is one gather,
+    a batch mixing blocks is assembled sentence by sentence: the same layers either way."""
+    bilm = ElmoBiLM(tiny_config)
+    cache = LayerCache(bilm, batch_size=2)
+    assert cache.fill(SENTENCES[:2]) == 2
+    assert cache.fill(SENTENCES[1:]) == 1  # only the long sentence is new: a second block
+    assert len(cache._blocks) == 2 and len(cache) == 3
+    assert [b.shape[1] for b in cache._blocks] == [1 + 4 + 1, 1 + 8]  # row 0 is the zero row
+    expected = direct_layers(bilm, SENTENCES)
+    mixed = cache.batch(SENTENCES)  # rows from both blocks
+    torch.testing.assert_close(mixed, expected, atol=1e-6, rtol=0)
+    first = cache.batch([SENTENCES[1], SENTENCES[0]], length=6)  # one block, padded past the longest
+    assert first.shape == (3, 2, 6, tiny_config.output_dim) and first.dtype == torch.float32
+    torch.testing.assert_close(first[:, 0, :1], expected[:, 1, :1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(first[:, 1, :4], expected[:, 0, :4], atol=1e-6, rtol=0)
+    assert first[:, 0, 1:].abs().max() == 0 and first[:, 1, 4:].abs().max() == 0
+    assert cache._blocks[0][:, 0].abs().max() == 0  # the padding row was not written
+    with pytest.raises(KeyError, match="not in the ELMo layer cache"):
+        cache.batch([SENTENCES[0], ["never", "seen"]])
+
+
 def test_hdf5_cache_reused_across_runs_and_keyed_by_model(tmp_path, tiny_config):
     path = str(tmp_path / "cache.h5")
     bilm = ElmoBiLM(tiny_config)
