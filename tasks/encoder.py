@@ -11,6 +11,7 @@ with a small configuration), trained from scratch. ``word_dim`` / ``char_dim`` =
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -35,9 +36,7 @@ def uniform_levels(shape: tuple, device: torch.device) -> torch.Tensor:
     the top two bits of each cleared: every quarter's low 14 bits are uniform on any device
     whose generator is (the word's two zero bits fall outside them).
     """
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     words = torch.empty(((n + 3) // 4,), dtype=torch.int64, device=device).random_(0, 1 << 62)
     return (words.view(torch.int16)[:n] & (MASK_LEVELS - 1)).view(shape)
 
@@ -48,9 +47,10 @@ class Dropout(nn.Module):
 
     The mask compares 14-bit random integers with ``round(p * 16384)`` (``uniform_levels``), so
     the rate applied is ``p`` rounded to a multiple of 1/16384 (0.3 -> 0.29999), and the scale is
-    that rate's. On the CPU this is 4x cheaper than ``nn.Dropout``'s ``bernoulli_`` and 2x cheaper
-    than float uniforms (one 64-bit draw per four elements instead of one 32-bit draw per element):
-    ``bernoulli_`` was 8% of a cached NER epoch on one thread of an AMD EPYC.
+    that rate's. This takes half the random draws of float uniforms (one 64-bit draw per four
+    elements instead of one 32-bit draw per element): the three masks of a 32 x 15 NER batch,
+    forward and backward, take 1.8 ms less (one thread of an AMD EPYC). ``nn.Dropout``'s
+    ``bernoulli_`` was 3x slower than float uniforms there, and 8% of a cached NER epoch.
     """
 
     def __init__(self, p: float) -> None:
