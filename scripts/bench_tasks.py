@@ -33,6 +33,7 @@ from tasks import ner  # noqa: E402
 from tasks.cache import LayerCache  # noqa: E402
 from tasks.config import resolve_config  # noqa: E402
 from tasks.data import BatchMaker, Vocabulary  # noqa: E402
+from tasks.encoder import SequenceEncoder  # noqa: E402
 from tasks.train import train  # noqa: E402
 
 
@@ -49,6 +50,27 @@ def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
             return json.loads(f.readline())["train_seconds"]
 
 
+def head_lstm_seconds(cfg, data, input_dim: int) -> tuple[float, float]:
+    """(seconds, GFLOP) of the head's BiLSTM alone, forward and backward, on random inputs of the
+    epoch's batch shapes (the same length-sorted batches of ``batch_size``)."""
+    torch.manual_seed(0)
+    lstm = SequenceEncoder(input_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout).train()
+    lengths = sorted(len(x.tokens) for x in data)
+    batches = [lengths[s : s + cfg.batch_size] for s in range(0, len(lengths), cfg.batch_size)]
+    H = cfg.hidden_dim
+    widths = [input_dim] + [2 * H] * (cfg.num_lstm_layers - 1)
+    # per padded position, both directions: 2 FLOPs per multiply-add, forward + 2x backward
+    flop_per_position = sum(2 * 2 * (w + H) * 4 * H * 3 for w in widths)
+    started, flops = time.perf_counter(), 0.0
+    for rows in batches:
+        T = max(rows)
+        mask = torch.arange(T).unsqueeze(0) < torch.tensor(rows).unsqueeze(1)
+        x = torch.randn(len(rows), T, input_dim, requires_grad=True)
+        lstm(x, mask).sum().backward()
+        flops += flop_per_position * len(rows) * T
+    return time.perf_counter() - started, flops / 1e9
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="ELMo model folder (default: a random model of --preset size)")
@@ -57,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0 = all 14,041)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the head's BiLSTM alone (forward + backward) on the epoch's batch shapes")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -85,6 +109,10 @@ def main(argv=None) -> int:
         "recomputed_epoch_s": recomputed, "cache_fill_s": fill, "cached_epoch_s": cached,
         "speedup": recomputed / cached,
     }
+    if args.breakdown:
+        input_dim = bilm.output_dim + cfg.word_dim + cfg.char_dim
+        seconds, gflop = head_lstm_seconds(cfg, data, input_dim)
+        result.update(head_lstm_s=seconds, head_lstm_share=seconds / cached, head_lstm_gflops=gflop / seconds)
     if args.json:
         print(json.dumps(result))
     else:
@@ -93,6 +121,10 @@ def main(argv=None) -> int:
         print(f"  ELMo recomputed every batch : {recomputed:8.1f} s/epoch")
         print(f"  cached layers               : {cached:8.1f} s/epoch  ({result['speedup']:.1f}x faster)")
         print(f"  filling the cache (once)    : {fill:8.1f} s")
+        if args.breakdown:
+            print(f"  head BiLSTM alone (fwd+bwd) : {result['head_lstm_s']:8.1f} s/epoch  "
+                  f"({100 * result['head_lstm_share']:.0f}% of the cached epoch, "
+                  f"{result['head_lstm_gflops']:.0f} GFLOP/s)")
     return 0
 
 
