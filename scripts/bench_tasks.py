@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 import tempfile
 import time
@@ -34,7 +35,10 @@ from tasks.cache import LayerCache  # noqa: E402
 from tasks.config import resolve_config  # noqa: E402
 from tasks.data import BatchMaker, Vocabulary  # noqa: E402
 from tasks.encoder import SequenceEncoder  # noqa: E402
-from tasks.train import train  # noqa: E402
+from tasks.train import clip_grad_norm, make_adam, train  # noqa: E402
+
+PHASES = ("batch", "encoder fwd", "BiLSTM fwd", "output+CRF fwd", "CRF+output bwd", "BiLSTM bwd",
+          "encoder bwd", "clip", "Adam")
 
 
 def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
@@ -71,6 +75,66 @@ def head_lstm_seconds(cfg, data, input_dim: int) -> tuple[float, float]:
     return time.perf_counter() - started, flops / 1e9
 
 
+def phased_step(model, batch, cfg, params, optimizer, clock) -> torch.Tensor:
+    """One training step of the NER head (``ner.CrfTagger``) exactly as ``tasks.train.train`` runs
+    it (``model.loss`` plus the scalar-mix L2, zero_grad, backward, clipping, Adam), with the graph
+    cut after the encoder and after the BiLSTM so that each part's backward pass is timed on its
+    own: the gradients are those of one ``loss.backward()``. ``clock(name)`` is called at the end
+    of each phase in ``PHASES`` (after "batch", which the caller times). Returns the loss."""
+    encoded = model.dropout(model.encoder(batch))
+    clock("encoder fwd")
+    x = encoded.detach().requires_grad_()
+    h = model.lstm(x, batch.mask)
+    clock("BiLSTM fwd")
+    h_in = h.detach().requires_grad_()
+    emissions = model.output(model.dropout(h_in))
+    loss = -model.crf(emissions, batch.tags, batch.mask).mean()
+    if cfg.use_elmo and cfg.mix_l2 > 0:
+        loss = loss + cfg.mix_l2 * model.encoder.mix_penalty()
+    clock("output+CRF fwd")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clock("CRF+output bwd")
+    h.backward(h_in.grad)
+    clock("BiLSTM bwd")
+    encoded.backward(x.grad)
+    clock("encoder bwd")
+    if cfg.grad_clip > 0:
+        clip_grad_norm(params, cfg.grad_clip)
+    clock("clip")
+    optimizer.step()
+    clock("Adam")
+    return loss.detach()
+
+
+def phase_seconds(cfg, bilm, train_data, cache) -> dict:
+    """Seconds per phase of a cached training epoch (``phased_step`` on every batch, the same
+    shuffled length-sorted batches as ``train``), and "total" for the whole pass."""
+    torch.manual_seed(0)
+    labels = ner.setup(train_data, cfg)
+    words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
+    model = ner.build(cfg, len(words), labels, bilm).train()
+    maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(True), cache=cache)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_adam(params, cfg.lr)
+    seconds = dict.fromkeys(PHASES, 0.0)
+    last = [time.perf_counter()]
+
+    def clock(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] += now - last[0]
+        last[0] = now
+
+    started = last[0] = time.perf_counter()
+    batches = maker.batches(ner.targets(train_data, cfg), cfg.batch_size, shuffle=True, rng=random.Random(cfg.seed))
+    for batch in batches:
+        clock("batch")
+        float(phased_step(model, batch, cfg, params, optimizer, clock))
+        last[0] = time.perf_counter()
+    seconds["total"] = time.perf_counter() - started
+    return seconds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="ELMo model folder (default: a random model of --preset size)")
@@ -81,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--breakdown", action="store_true",
                    help="also time the head's BiLSTM alone (forward + backward) on the epoch's batch shapes")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each phase of the cached training step over one more cached epoch")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -113,6 +179,8 @@ def main(argv=None) -> int:
         input_dim = bilm.output_dim + cfg.word_dim + cfg.char_dim
         seconds, gflop = head_lstm_seconds(cfg, data, input_dim)
         result.update(head_lstm_s=seconds, head_lstm_share=seconds / cached, head_lstm_gflops=gflop / seconds)
+    if args.phases:
+        result["phases_s"] = phase_seconds(cfg, bilm, data, cache)
     if args.json:
         print(json.dumps(result))
     else:
@@ -125,6 +193,11 @@ def main(argv=None) -> int:
             print(f"  head BiLSTM alone (fwd+bwd) : {result['head_lstm_s']:8.1f} s/epoch  "
                   f"({100 * result['head_lstm_share']:.0f}% of the cached epoch, "
                   f"{result['head_lstm_gflops']:.0f} GFLOP/s)")
+        if args.phases:
+            phases, n = result["phases_s"], -(-len(data) // args.batch_size)
+            print(f"  phases of a cached epoch ({phases['total']:.1f} s, {n} batches; ms per batch):")
+            for name in PHASES:
+                print(f"    {name:16s} {1e3 * phases[name] / n:7.1f}  ({100 * phases[name] / phases['total']:4.1f}%)")
     return 0
 
 
