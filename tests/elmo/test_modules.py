@@ -85,6 +85,21 @@ def test_scalar_mix_gradcheck_stacked_layers():
     torch.testing.assert_close(mix(layers), mix(list(layers)), rtol=0, atol=1e-12)
 
 
+def test_scalar_mix_stacked_half_precision_and_empty_layers():
+    mix = ScalarMix(3)
+    with torch.no_grad():
+        mix.scalar_parameters.copy_(torch.tensor([1.0, 0.0, -1.0]))
+        mix.gamma.fill_(2.0)
+    layers = torch.randn(3, 2, 5, 4).half()  # e.g. a float16 layer cache
+    out = mix(layers)
+    assert out.dtype == torch.float32 and out.shape == (2, 5, 4)
+    w = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)
+    expected = 2.0 * sum(w[k] * layers[k].float() for k in range(3))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, mix(list(layers)), rtol=1e-6, atol=1e-6)
+    assert mix(torch.zeros(3, 0, 7, 4)).shape == (0, 7, 4)
+
+
 def test_scalar_mix_rejects_wrong_layer_count():
     with pytest.raises(ValueError, match="built for 3 layers, got 2"):
         ScalarMix(3)([torch.zeros(1, 1, 1)] * 2)
