@@ -8,6 +8,8 @@ is its ``train_seconds`` (training only, without the dev evaluation).
     flock /tmp/bench.lock .venv/bin/python scripts/bench_tasks.py --model runs/main/lm --threads 2
     .venv/bin/python scripts/bench_tasks.py --preset small --max-sentences 500   # a quick check
 
+With ``--epochs N`` each mode trains N epochs and the mean of epochs 2..N is reported beside the
+first (the first cached epoch also pays for the memory it touches for the first time).
 Without --model a randomly initialised ELMo of --preset size is used (speed does not depend on
 the weights). Prints a table and, with --json, one JSON object.
 """
@@ -41,17 +43,29 @@ PHASES = ("batch", "encoder fwd", "BiLSTM fwd", "output+CRF fwd", "CRF+output bw
           "encoder bwd", "clip", "Adam")
 
 
-def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> float:
+def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> tuple[list, int]:
+    """(train_seconds of each of cfg.epochs epochs, minor page faults of the whole run or -1)."""
     torch.manual_seed(0)
     labels = ner.setup(train_data, cfg)
     words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
     model = ner.build(cfg, len(words), labels, bilm)
     maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(cache is not None), cache=cache)
+    faults = minor_faults()
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "metrics.jsonl")
         train(model, ner, cfg, ner.targets(train_data, cfg), dev_data, maker, labels, log_path=log)
+        faults = minor_faults() - faults if faults >= 0 else -1
         with open(log) as f:
-            return json.loads(f.readline())["train_seconds"]
+            return [json.loads(line)["train_seconds"] for line in f], faults
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (-1 where ``resource`` is missing, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return -1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def head_lstm_seconds(cfg, data, input_dim: int) -> tuple[float, float]:
@@ -143,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-sentences", type=int, default=0, help="use the first N sentences (0 = all 14,041)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs per mode; with 2 or more the later epochs' mean is reported beside the first")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the head's BiLSTM alone (forward + backward) on the epoch's batch shapes")
     p.add_argument("--phases", action="store_true",
@@ -154,7 +170,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     bilm = ElmoBiLM.from_pretrained(args.model) if args.model else ElmoBiLM(preset(args.preset))
-    cfg = resolve_config("ner", {"batch_size": args.batch_size, "epochs": 1, "progress": False})
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    # no early stopping: every mode trains all its epochs
+    cfg = resolve_config("ner", {"batch_size": args.batch_size, "epochs": args.epochs,
+                                 "patience": args.epochs + 1, "progress": False})
     data = ner.read(args.train, cfg)
     if args.max_sentences:
         data = data[: args.max_sentences]
@@ -162,19 +182,25 @@ def main(argv=None) -> int:
     tokens = sum(len(x.tokens) for x in data)
 
     cfg.cache = "none"
-    recomputed = epoch_seconds(cfg, bilm, data, dev, None)
+    recomputed_all, recomputed_faults = epoch_seconds(cfg, bilm, data, dev, None)
     cfg.cache = "memory"
     started = time.perf_counter()
     cache = LayerCache(bilm, batch_size=cfg.elmo_batch_size)
     cache.fill(x.tokens for x in data)
     fill = time.perf_counter() - started
-    cached = epoch_seconds(cfg, bilm, data, dev, cache)
+    cached_all, cached_faults = epoch_seconds(cfg, bilm, data, dev, cache)
+    recomputed, cached = recomputed_all[0], cached_all[0]
     result = {
         "model": args.model or f"random {args.preset}", "sentences": len(data), "tokens": tokens,
-        "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
         "recomputed_epoch_s": recomputed, "cache_fill_s": fill, "cached_epoch_s": cached,
-        "speedup": recomputed / cached,
+        "speedup": recomputed / cached, "recomputed_epochs_s": recomputed_all, "cached_epochs_s": cached_all,
+        "recomputed_minor_faults": recomputed_faults, "cached_minor_faults": cached_faults,
     }
+    if args.epochs > 1:
+        later = [sum(x[1:]) / len(x[1:]) for x in (recomputed_all, cached_all)]
+        result.update(recomputed_later_epoch_s=later[0], cached_later_epoch_s=later[1],
+                      speedup_later=later[0] / later[1])
     if args.breakdown:
         input_dim = bilm.output_dim + cfg.word_dim + cfg.char_dim
         seconds, gflop = head_lstm_seconds(cfg, data, input_dim)
@@ -185,10 +211,18 @@ def main(argv=None) -> int:
         print(json.dumps(result))
     else:
         print(f"NER epoch on {len(data)} sentences ({tokens} tokens), ELMo {result['model']}, "
-              f"{result['threads']} threads, batch {args.batch_size}")
+              f"{result['threads']} threads, batch {args.batch_size}"
+              + (f"; {args.epochs} epochs per mode, the first:" if args.epochs > 1 else ""))
         print(f"  ELMo recomputed every batch : {recomputed:8.1f} s/epoch")
         print(f"  cached layers               : {cached:8.1f} s/epoch  ({result['speedup']:.1f}x faster)")
         print(f"  filling the cache (once)    : {fill:8.1f} s")
+        if args.epochs > 1:
+            label = f"epochs 2-{args.epochs}, mean"
+            print(f"  {label:28s}: recomputed {result['recomputed_later_epoch_s']:.1f} s, "
+                  f"cached {result['cached_later_epoch_s']:.1f} s  ({result['speedup_later']:.1f}x faster)")
+        if cached_faults >= 0:
+            print(f"  {'minor page faults':28s}: recomputed {recomputed_faults:,}, cached {cached_faults:,} "
+                  f"(all {args.epochs} epoch{'s' if args.epochs > 1 else ''})")
         if args.breakdown:
             print(f"  head BiLSTM alone (fwd+bwd) : {result['head_lstm_s']:8.1f} s/epoch  "
                   f"({100 * result['head_lstm_share']:.0f}% of the cached epoch, "

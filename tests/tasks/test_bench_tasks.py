@@ -2,6 +2,7 @@
 (same loss, same parameters after the update), only cut into separately timed pieces."""
 
 import importlib.util
+import json
 import os
 import random
 
@@ -93,3 +94,21 @@ def test_phase_seconds_cover_the_epoch(setup):
     # consecutive readings of one monotonic clock: the phases never add up to more than the pass
     assert sum(seconds[name] for name in bench.PHASES) <= seconds["total"] + 1e-9
     assert calls == []  # the epoch ran on the cached layers only
+
+
+def test_main_reports_first_and_later_epochs(tmp_path, capsys):
+    bench = load_script()
+    ner_file(tmp_path / "train.txt", n=6)
+    assert bench.main(["--preset", "tiny", "--train", str(tmp_path / "train.txt"), "--epochs", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sentences"] == 6 and result["epochs"] == 3
+    for mode in ("recomputed", "cached"):
+        epochs = result[f"{mode}_epochs_s"]
+        assert len(epochs) == 3 and all(x > 0 for x in epochs)  # no early stopping cut a mode short
+        assert result[f"{mode}_epoch_s"] == epochs[0]
+        assert result[f"{mode}_later_epoch_s"] == pytest.approx((epochs[1] + epochs[2]) / 2)
+        assert isinstance(result[f"{mode}_minor_faults"], int)
+    assert result["speedup"] == pytest.approx(result["recomputed_epoch_s"] / result["cached_epoch_s"])
+    assert result["speedup_later"] == pytest.approx(result["recomputed_later_epoch_s"] / result["cached_later_epoch_s"])
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "tiny", "--train", str(tmp_path / "train.txt"), "--epochs", "0"])
