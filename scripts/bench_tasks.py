@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         print(f"  cached layers               : {cached:8.1f} s/epoch  ({result['speedup']:.1f}x faster)")
         print(f"  filling the cache (once)    : {fill:8.1f} s")
         if args.epochs > 1:
-            label = f"epochs 2-{args.epochs}, mean"
+            label = "epoch 2" if args.epochs == 2 else f"epochs 2-{args.epochs}, mean"
             print(f"  {label:28s}: recomputed {result['recomputed_later_epoch_s']:.1f} s, "
                   f"cached {result['cached_later_epoch_s']:.1f} s  ({result['speedup_later']:.1f}x faster)")
         if cached_faults >= 0:
