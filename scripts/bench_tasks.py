@@ -9,7 +9,8 @@ is its ``train_seconds`` (training only, without the dev evaluation).
     .venv/bin/python scripts/bench_tasks.py --preset small --max-sentences 500   # a quick check
 
 With ``--epochs N`` each mode trains N epochs and the mean of epochs 2..N is reported beside the
-first (the first cached epoch also pays for the memory it touches for the first time).
+first. ``--phases`` times each phase of the cached training step; ``--breakdown`` the head's
+BiLSTM alone.
 Without --model a randomly initialised ELMo of --preset size is used (speed does not depend on
 the weights). Prints a table and, with --json, one JSON object.
 """
@@ -43,13 +44,19 @@ PHASES = ("batch", "encoder fwd", "BiLSTM fwd", "output+CRF fwd", "CRF+output bw
           "encoder bwd", "clip", "Adam")
 
 
-def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> tuple[list, int]:
-    """(train_seconds of each of cfg.epochs epochs, minor page faults of the whole run or -1)."""
+def build_head(cfg, bilm, train_data, cache):
+    """A fresh NER model (seed 0), its batch maker and its labels, as the training CLI builds them."""
     torch.manual_seed(0)
     labels = ner.setup(train_data, cfg)
     words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
     model = ner.build(cfg, len(words), labels, bilm)
     maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(cache is not None), cache=cache)
+    return model, maker, labels
+
+
+def epoch_seconds(cfg, bilm, train_data, dev_data, cache) -> tuple[list, int]:
+    """(train_seconds of each of cfg.epochs epochs, minor page faults of the whole run or -1)."""
+    model, maker, labels = build_head(cfg, bilm, train_data, cache)
     faults = minor_faults()
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "metrics.jsonl")
@@ -124,22 +131,19 @@ def phased_step(model, batch, cfg, params, optimizer, clock) -> torch.Tensor:
 def phase_seconds(cfg, bilm, train_data, cache) -> dict:
     """Seconds per phase of a cached training epoch (``phased_step`` on every batch, the same
     shuffled length-sorted batches as ``train``), and "total" for the whole pass."""
-    torch.manual_seed(0)
-    labels = ner.setup(train_data, cfg)
-    words = Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count)
-    model = ner.build(cfg, len(words), labels, bilm).train()
-    maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(True), cache=cache)
+    model, maker, _ = build_head(cfg, bilm, train_data, cache)
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adam(params, cfg.lr)
     seconds = dict.fromkeys(PHASES, 0.0)
-    last = [time.perf_counter()]
+    started = time.perf_counter()
+    last = [started]
 
     def clock(name: str) -> None:
         now = time.perf_counter()
         seconds[name] += now - last[0]
         last[0] = now
 
-    started = last[0] = time.perf_counter()
     batches = maker.batches(ner.targets(train_data, cfg), cfg.batch_size, shuffle=True, rng=random.Random(cfg.seed))
     for batch in batches:
         clock("batch")
