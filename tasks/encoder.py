@@ -60,12 +60,17 @@ class Dropout(nn.Module):
         self.p = float(p)
 
     @property
+    def dropped(self) -> int:
+        """How many of the MASK_LEVELS values a mask entry can take drop the element."""
+        return round(self.p * MASK_LEVELS)
+
+    @property
     def rate(self) -> float:
         """The dropout rate applied: ``p`` rounded to a multiple of 1/16384."""
-        return round(self.p * MASK_LEVELS) / MASK_LEVELS
+        return self.dropped / MASK_LEVELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dropped = round(self.p * MASK_LEVELS)  # of the MASK_LEVELS values a mask entry can take
+        dropped = self.dropped
         if not self.training or dropped == 0:
             return x
         if dropped == MASK_LEVELS:
