@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from elmo.chars import MAX_CHARACTERS_PER_TOKEN, NUM_CHARACTER_IDS
+from elmo.io import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
 
 ACTIVATIONS = ("relu", "tanh")
 # Recurrent cells of the biLM (see elmo.cells) and recurrent regularizers (elmo.cells.regularizers).
@@ -236,13 +237,3 @@ def config_from_dict(cls: type, data: Any, where: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:  # e.g. a string where a number was expected
         raise ValueError(f"config{where}: {e}") from None
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves no half file."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
