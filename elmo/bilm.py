@@ -20,7 +20,8 @@ from torch import nn
 
 from elmo.cells import make_layer
 from elmo.config import BiLMConfig
-from elmo.lstm import LstmProjection, batch_sizes_from_lengths, bidirectional_lstm
+from elmo.kernels import LstmKernels
+from elmo.lstm import LstmProjection, batch_sizes_from_lengths
 
 BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
 
@@ -48,9 +49,16 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 0) ->
 
 
 class BiLM(nn.Module):
-    def __init__(self, config: BiLMConfig) -> None:
+    """The two stacks. ``gemm`` picks the library of the LSTM's per-step products once
+    (``elmo.kernels``: auto, onednn, mkl or plain; None = ``ELMO_GEMM`` or auto)."""
+
+    def __init__(self, config: BiLMConfig, gemm: Optional[str] = None) -> None:
         super().__init__()
         self.config = config
+        # Not a submodule and not saved: how this process runs the LSTM, and the weights it
+        # prepared for inference (dropped on train()/eval() and when a state dict is loaded).
+        self.kernels = LstmKernels(gemm)
+        self.register_load_state_dict_post_hook(_release_prepared_weights)
         P = config.projection_dim
 
         def make() -> nn.ModuleList:
@@ -58,6 +66,14 @@ class BiLM(nn.Module):
             return nn.ModuleList(make_layer(config, P) for _ in range(config.n_layers))
 
         self.forward_layers, self.backward_layers = make(), make()
+
+    def set_gemm(self, gemm: str) -> None:
+        """Run the LSTM's per-step products with ``gemm`` from now on (auto, onednn, mkl, plain)."""
+        self.kernels = LstmKernels(gemm)
+
+    def train(self, mode: bool = True) -> "BiLM":
+        self.kernels.release()  # the weights may change in training; eval() starts afresh
+        return super().train(mode)
 
     def default_state(self, batch: int) -> BiLMState:
         """Every layer's stored initial state (zeros unless a warm state was set), ``batch`` rows."""
@@ -100,7 +116,7 @@ class BiLM(nn.Module):
             states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in range(2)]
             if type(fwd) is LstmProjection and type(bwd) is LstmProjection:
                 # The original cell: both directions in one loop (one batched matmul per step).
-                results = bidirectional_lstm(fwd, bwd, *x_ins, batch_sizes, *states)
+                results = self.kernels.run([fwd, bwd], x_ins, batch_sizes, states)
             else:
                 results = [layer(x_in, batch_sizes, st)
                            for layer, x_in, st in zip((fwd, bwd), x_ins, states)]  # (T, B, P)
@@ -118,6 +134,10 @@ class BiLM(nn.Module):
             if self.config.input_skip_connections:  # the token layer also feeds every layer above
                 x_fwd, x_bwd = x_fwd + tokens_fwd, x_bwd + tokens_bwd
         return layers, final
+
+
+def _release_prepared_weights(bilm: BiLM, _incompatible_keys) -> None:
+    bilm.kernels.release()  # load_state_dict copied new weights in place
 
 
 def detach_state(state: BiLMState) -> BiLMState:

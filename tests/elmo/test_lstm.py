@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from elmo import kernels
+from elmo.kernels import LstmKernels
 from elmo.lstm import LstmProjection, batch_sizes_from_lengths
 
 LENGTHS = [6, 5, 5, 2, 0]
@@ -87,8 +89,6 @@ def test_zero_length_sequence():
 
 
 def test_bidirectional_loop_equals_two_separate_layers():
-    from elmo.lstm import bidirectional_lstm
-
     torch.manual_seed(5)
     fwd = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
     bwd = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
@@ -96,7 +96,7 @@ def test_bidirectional_loop_equals_two_separate_layers():
     xs = [torch.randn(6, len(LENGTHS), 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     states = [(torch.randn(len(LENGTHS), 4, dtype=torch.float64),
                torch.randn(len(LENGTHS), 5, dtype=torch.float64)) for _ in range(2)]
-    fused = bidirectional_lstm(fwd, bwd, *xs, bs, *states)
+    fused = LstmKernels().run([fwd, bwd], xs, bs, states)
     separate = [fwd(xs[0], bs, states[0]), bwd(xs[1], bs, states[1])]
     flat = lambda r: [r[0][0], *r[0][1], r[1][0], *r[1][1]]  # noqa: E731
     for a, b in zip(flat(fused), flat(separate)):
@@ -110,23 +110,22 @@ def test_bidirectional_loop_equals_two_separate_layers():
 
 
 @pytest.mark.parametrize("backend", ["onednn", "mkl", "plain"])
-def test_float32_kernels_equal_the_reference(backend, monkeypatch):
-    """Each library that can run the per-step products (ELMO_GEMM) gives the float64 reference's
-    outputs and gradients in float32, in training and in inference (packed weights)."""
-    from elmo.lstm import _gemm_backend
-
-    monkeypatch.setenv("ELMO_GEMM", backend)
+def test_float32_kernels_equal_the_reference(backend):
+    """Each library that can run the per-step products (LstmKernels(gemm), ELMO_GEMM) gives the
+    float64 reference's outputs and gradients in float32, in training and in inference (packed
+    weights)."""
     torch.manual_seed(7)
     layer = LstmProjection(8, 16, 6, cell_clip=0.5, proj_clip=0.3)
-    if _gemm_backend(layer.state_weight) != backend:
+    run = LstmKernels(backend)
+    if run.gemm_for(layer.state_weight) != backend:
         pytest.skip(f"this torch build has no {backend} kernels")
     lengths = [7, 5, 5, 2, 0]
     bs = batch_sizes_from_lengths(lengths)
     x = torch.randn(7, len(lengths), 8, requires_grad=True)
     h0, c0 = torch.randn(len(lengths), 6), torch.randn(len(lengths), 16)
-    out, (h, c) = layer(x, bs, (h0, c0))
+    out, (h, c) = run.run([layer], [x], bs, [(h0, c0)])[0]
     with torch.no_grad():
-        out_inf, (h_inf, c_inf) = layer(x, bs, (h0, c0))
+        out_inf, (h_inf, c_inf) = run.run([layer], [x], bs, [(h0, c0)])[0]
     ref_layer = LstmProjection(8, 16, 6, cell_clip=0.5, proj_clip=0.3).double()
     ref_layer.load_state_dict(layer.state_dict())
     x64 = x.detach().double().requires_grad_()
@@ -143,26 +142,26 @@ def test_float32_kernels_equal_the_reference(backend, monkeypatch):
         torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-4)
 
 
-def test_unknown_gemm_choice_is_an_error(monkeypatch):
-    monkeypatch.setenv("ELMO_GEMM", "cublas")
-    layer = LstmProjection(3, 5, 4)
+def test_unknown_gemm_choice_is_an_error():
     with pytest.raises(ValueError, match="ELMO_GEMM='cublas': expected auto, onednn, mkl or plain"):
-        layer(torch.zeros(2, 1, 3), [1, 1])
+        kernels.gemm_from_environment({"ELMO_GEMM": "cublas"})
+    with pytest.raises(ValueError, match="gemm='cublas': expected auto, onednn, mkl or plain"):
+        LstmKernels("cublas")
+    assert kernels.gemm_from_environment({}) == "auto"
+    assert kernels.gemm_from_environment({"ELMO_GEMM": "MKL"}) == "mkl"
 
 
 def test_without_working_onednn_kernels_another_backend_runs(monkeypatch):
     """A build whose oneDNN ops fail the start-up check falls back to MKL or plain products."""
-    import elmo.lstm as lstm
-
-    monkeypatch.delenv("ELMO_GEMM", raising=False)
-    monkeypatch.setattr(lstm, "_ONEDNN_WORKS", {torch.float32: False})
+    monkeypatch.setattr(kernels, "onednn_works", lambda dtype: False)
     torch.manual_seed(2)
     layer = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3)
-    assert lstm._gemm_backend(layer.state_weight) in ("mkl", "plain")
+    run = LstmKernels("auto")
+    assert run.gemm_for(layer.state_weight) in ("mkl", "plain")
     x = torch.randn(6, len(LENGTHS), 3)
     bs = batch_sizes_from_lengths(LENGTHS)
     with torch.no_grad():
-        out, _ = layer(x, bs)
+        out, _ = run.run([layer], [x], bs, [layer.initial_state(len(LENGTHS))])[0]
     ref_layer = LstmProjection(3, 5, 4, cell_clip=0.5, proj_clip=0.3).double()
     ref_layer.load_state_dict(layer.state_dict())
     zeros = (torch.zeros(len(LENGTHS), 4, dtype=torch.float64), torch.zeros(len(LENGTHS), 5, dtype=torch.float64))
