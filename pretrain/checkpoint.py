@@ -4,7 +4,8 @@ A checkpoint is a dictionary of state_dicts and plain values (loadable with
 ``torch.load(weights_only=True)``): the LM (biLM + softmax), optimizer, learning-rate schedule,
 loss scaler, step and token counters, the resolved config, and per process the position in the
 data, the carried LSTM state and the RNG state. It is written to a temporary name and renamed, so
-the newest ``step-*.pt`` is always complete; a checkpoint that still fails to load (a damaged disk)
+the newest ``step-*.pt`` is always complete (the temporary files of a killed run are removed at the
+next start: ``clean_run_dir``); a checkpoint that still fails to load (a damaged disk)
 is skipped with a warning in favour of the one before it.
 """
 
@@ -17,6 +18,8 @@ import re
 from typing import Optional
 
 import torch
+
+from elmo.io import atomic_open, clean_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +45,25 @@ def save_checkpoint(data: dict, out_dir: str, step: int, keep: int) -> str:
     """Write atomically, then delete all but the newest ``keep`` checkpoints."""
     path = checkpoint_path(out_dir, step)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # PATH.tmp.PID, fsync, rename; a full disk (torch's "unexpected pos") is a DiskFullError
+    # naming the path and the free space, and the previous checkpoints stay as they were.
+    with atomic_open(path, "wb") as f:
+        torch.save(data, f)
     for _, old in list_checkpoints(out_dir)[:-keep]:
         os.remove(old)
     return path
+
+
+def clean_run_dir(out_dir: str) -> list:
+    """Remove the temporary files (``*.tmp.PID``) that a killed run or a full disk left in the
+    run directory and its checkpoint folder; returns them (logged)."""
+    removed = []
+    for folder in (out_dir, os.path.join(out_dir, CHECKPOINT_DIR)):
+        if os.path.isdir(folder):
+            removed += clean_orphans(folder)
+    for path in removed:
+        logger.info("removed %s (a temporary file of an interrupted run)", path)
+    return removed
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:

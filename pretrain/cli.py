@@ -18,6 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from elmo.config import CELLS, PRESETS, RECURRENT_DROPOUT_KINDS
+from elmo.io import DiskFullError
 from pretrain.config import PretrainConfig, pretrain_preset
 
 logger = logging.getLogger("pretrain")
@@ -127,6 +128,18 @@ def _setup_logging(level: str) -> None:
                                "%(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def _last_good_checkpoint(out_dir: str) -> str:
+    """Where a diverged run can continue from (no checkpoint is written after a non-finite step)."""
+    from pretrain.checkpoint import list_checkpoints
+
+    found = list_checkpoints(out_dir)
+    if not found:
+        return "no checkpoint was written; start again with a lower learning rate"
+    step, path = found[-1]
+    return (f"the last good checkpoint is {path} (step {step}): continue from it with --resume "
+            "--set optim.lr=<lower>")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
@@ -136,8 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = resolve_config(args)
         summary = run(config, args.train, args.out, heldout=args.heldout, resume=args.resume,
                       init=args.init, vocab_path=args.vocab)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DiskFullError) as e:
         print(f"elmo-pretrain: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # a diverged step (pretrain.train.NonFiniteError)
+        print(f"elmo-pretrain: error: {e}; {_last_good_checkpoint(args.out)}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0 if summary["completed"] else 130

@@ -27,6 +27,9 @@ from pretrain.distributed import DistInfo, barrier, setup
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
 from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
 from pretrain.plot import plot_curves
+from pretrain.resume import apply_learning_rate, describe_inputs, log_changes
+from pretrain.resume import check_config as check_resume_config
+from pretrain.resume import check_inputs as check_resume_inputs
 from pretrain.train import Trainer
 from pretrain.vocab import BOS_ID, EOS_ID, Vocabulary, WordTable
 
@@ -83,6 +86,18 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     if not resume and info.is_main and ckpt.list_checkpoints(out_dir):
         raise FileExistsError(f"{out_dir} already holds checkpoints; pass --resume to continue that "
                               "run, or choose another --out")
+    if info.is_main:
+        ckpt.clean_run_dir(out_dir)  # temporary files of a killed run
+    resume_changes = {}
+    if latest is not None:  # validated before anything is written (pretrain.resume)
+        resume_changes = check_resume_config(config, latest, out_dir)
+        check_resume_inputs(latest.get("inputs"), train, heldout, latest["path"])
+        if len(latest["ranks"]) != info.world:
+            raise ValueError(f"{latest['path']} was written by {len(latest['ranks'])} process(es); "
+                             f"resume with the same number (this run has {info.world})")
+        if init:
+            logger.info("--resume: the weights come from %s; --init %s is not used", latest["path"], init)
+            init = None
     init_model = load_init(init) if init else None
     if init_model is not None and init_model.bilm.config != config.model:
         logger.info("--init: the model sizes come from %s", init)
@@ -146,8 +161,17 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         if len(held) else []
     trainer = Trainer(lm, batcher, config, steps, out_dir, info, held_batches, callback)
     trainer.on_checkpoint = lambda: save_model_dir(lm, vocab, out_dir)
+    trainer.extra_state["inputs"] = {"train": describe_inputs(train), "heldout": describe_inputs(heldout)}
     if latest is not None:
-        trainer.load_checkpoint(latest)
+        try:
+            trainer.load_checkpoint(latest)
+        except RuntimeError as e:  # e.g. a size mismatch: weights that do not fit the config
+            raise ValueError(f"{latest['path']}: its weights do not fit the model of the run's "
+                             f"configuration ({str(e).splitlines()[0]} ...); the checkpoint or "
+                             f"{CONFIG_NAME} was changed by hand: restore it, or start a new run") from None
+        if "optim.lr" in resume_changes:
+            apply_learning_rate(trainer.optimizer, trainer.scheduler, config.optim.lr)
+        log_changes(resume_changes, trainer.step)
         logger.info("resumed from %s (step %d)", latest["path"], trainer.step)
     completed = trainer.fit()
 

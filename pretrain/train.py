@@ -115,6 +115,7 @@ class Trainer:
         self.stop_agreed = False  # some process was asked, as of the last step: all stop together
         self.last_eval: Optional[dict] = None
         self.on_checkpoint: Optional[Callable] = None  # e.g. refresh the model files (rank 0)
+        self.extra_state: dict = {}  # plain values stored in every checkpoint (run.py: the inputs)
         self.metrics = MetricsLog(os.path.join(out_dir, "metrics.jsonl")
                                   if out_dir and self.info.is_main else None)
 
@@ -167,7 +168,8 @@ class Trainer:
         return {"format": 1, "step": self.step, "tokens": self.tokens,
                 "config": self.config.to_dict(), "model": self.lm.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "ranks": ranks}
+                "scaler": self.scaler.state_dict(), "ranks": ranks,
+                **self.extra_state}
 
     def save_checkpoint(self) -> Optional[str]:
         data = self.checkpoint_data()  # every rank takes part in the gather

@@ -1,0 +1,137 @@
+"""elmo-pretrain given what a user may try (issue 14): a refused --resume writes nothing, allowed
+resume changes are applied, other text is refused, a diverged run stops with exit code 2 and
+leaves the last good checkpoint as the latest, a full disk is one line, orphans are removed."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from elmo import ElmoBiLM
+from pretrain import checkpoint as ckpt
+from pretrain.cli import main
+from pretrain_util import single_thread, tiny_pretrain_config, toy_sentences, write_lines  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def cli(argv, capsys):
+    capsys.readouterr()
+    rc = main([*argv, "--no-progress", "--log-level", "WARNING"])
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def run_dir(tmp_path, capsys):
+    """A run of 4 steps with checkpoints at 2 and 4 (constant learning rate 0.01)."""
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(60))
+    config = tiny_pretrain_config(optim={"optimizer": "adam", "lr": 0.01},
+                                  train={"checkpoint_every": 2, "log_every": 1})
+    config.save(tmp_path / "config.json")
+    out = str(tmp_path / "run")
+    rc, err = cli(["--train", corpus, "--out", out, "--config", str(tmp_path / "config.json")], capsys)
+    assert rc == 0, err
+    return corpus, out
+
+
+def test_a_refused_resume_leaves_the_run_directory_as_it_was(run_dir, capsys):
+    corpus, out = run_dir
+    saved = os.path.join(out, "pretrain_config.json")
+    before = open(saved, "rb").read()
+    listing = sorted(os.listdir(out)), sorted(os.listdir(os.path.join(out, "checkpoints")))
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6", "--batch-size", "16"], capsys)
+    assert rc == 2 and "--resume cannot change data.batch_size (data.batch_size: 4 in the checkpoint, 16 now" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6",
+                   "--set", "model.bilm.dim=32", "--set", "optim.optimizer=adagrad"], capsys)
+    assert rc == 2 and "cannot change model.bilm.dim, optim.optimizer (" in err
+    assert "model.bilm.dim: 16 in the checkpoint, 32 now" in err
+    assert open(saved, "rb").read() == before  # byte-identical: a plain resume still works
+    assert (sorted(os.listdir(out)), sorted(os.listdir(os.path.join(out, "checkpoints")))) == listing
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 0, err
+    assert ckpt.load_latest(out)["step"] == 6
+    assert json.load(open(saved))["train"]["max_steps"] == 6  # the budget may change
+
+
+def test_resume_applies_a_new_learning_rate(run_dir, capsys, caplog):
+    corpus, out = run_dir
+    with caplog.at_level("INFO", logger="pretrain.resume"):
+        rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6",
+                       "--set", "optim.lr=0.003"], capsys)
+    assert rc == 0, err
+    assert "--resume at step 4: optim.lr 0.01 -> 0.003 (applied from this step on)" in caplog.text
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lrs = {r["step"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
+    assert lrs == pytest.approx({1: 0.01, 2: 0.01, 3: 0.01, 4: 0.01, 5: 0.003, 6: 0.003})
+    latest = ckpt.load_latest(out)
+    assert latest["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003)
+    assert latest["config"]["optim"]["lr"] == 0.003
+
+
+def test_resume_on_other_or_changed_text_is_refused(run_dir, capsys, tmp_path):
+    corpus, out = run_dir
+    other = write_lines(str(tmp_path / "other.txt"), toy_sentences(60, seed=1))
+    rc, err = cli(["--train", other, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 2 and f"--resume --train: the run was trained on ['{corpus}'] but this command gives " \
+                       f"['{other}']" in err and "--init" in err
+    rc, err = cli(["--train", corpus, "--heldout", other, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 2 and "--resume --heldout: the run was trained on nothing" in err
+    with open(corpus, "a") as f:
+        f.write("one more line\n")
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 2 and f"{corpus} (" in err and "changed since" in err
+    assert ckpt.load_latest(out)["step"] == 4
+
+
+def test_a_diverged_run_stops_with_the_last_good_checkpoint_as_the_latest(tmp_path, capsys):
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(60))
+    out = str(tmp_path / "run")
+    config = tiny_pretrain_config(optim={"optimizer": "adam", "lr": 0.01, "clip_norm": None},
+                                  train={"max_steps": 40})
+    config.save(tmp_path / "config.json")
+    rc, err = cli(["--train", corpus, "--out", out, "--config", str(tmp_path / "config.json"),
+                   "--checkpoint-every", "1", "--set", "optim.lr=1e9"], capsys)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    found = ckpt.list_checkpoints(out)
+    step = int(lines[0].split("step ")[1].split(":")[0])  # the diverged step
+    assert found, err
+    assert found[-1][0] == step - 1 and f"the last good checkpoint is {found[-1][1]}" in lines[0]
+    latest = ckpt.load_latest(out)
+    assert latest["step"] == step - 1
+    assert all(torch.isfinite(v).all() for v in latest["model"].values() if v.is_floating_point())
+    model = ElmoBiLM.from_pretrained(out)  # the model files of the last checkpoint
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(run_dir, capsys, monkeypatch):
+    corpus, out = run_dir
+
+    def no_space(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+                           "writing file data/12: file write failed; unexpected pos 4096 vs 2048")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "step-000000006.pt: no space left on the device (" in err and "free in" in err
+    monkeypatch.undo()
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 4]
+    assert not [f for f in os.listdir(os.path.join(out, "checkpoints")) if ".tmp." in f]
+
+
+def test_orphaned_temporary_files_are_removed_at_the_next_start(run_dir, capsys):
+    corpus, out = run_dir
+    dead = 2 ** 22 + 12345  # above the kernel's default pid_max: no such process
+    orphans = [os.path.join(out, "checkpoints", f"step-000000006.pt.tmp.{dead}"),
+               os.path.join(out, f"elmo_weights.pt.tmp.{dead}")]
+    for path in orphans:
+        with open(path, "wb") as f:
+            f.write(b"half")
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 0, err
+    assert not any(os.path.exists(p) for p in orphans)
