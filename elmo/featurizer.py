@@ -188,7 +188,7 @@ class Embedder:
 
     def embed_file(self, input_file: str, output_file: str, output: str = "all",
                    batch_size: Optional[int] = None, sentence_index: bool = True,
-                   resume: bool = False,
+                   resume: bool = False, force: bool = True,
                    progress: Optional[Callable[[int], None]] = None) -> int:
         """Embed a text file (one whitespace-tokenized sentence per line) into HDF5.
 
@@ -196,61 +196,16 @@ class Embedder:
         for "top" / "average"; a blank line gives an empty dataset (n = 0), so keys never shift.
         Also ``sentence_to_index``: a JSON string mapping each line's text to its key (omit with
         ``sentence_index=False``). The output is written to ``output_file + ".partial"`` and
-        renamed when complete; ``resume=True`` continues such a partial file. ``progress`` is
-        called with the number of lines finished after each window. Returns the line count.
+        renamed when complete; ``resume=True`` continues such a partial file after checking that
+        it was made from the same input, model, layout and dtype; ``force=False`` refuses to
+        replace an existing output. ``progress`` is called with the number of lines finished
+        after each window. Returns the line count. See ``elmo.dump``.
         """
-        if output not in OUTPUT_FORMATS:
-            raise ValueError(f"output must be one of {OUTPUT_FORMATS} for a file, got {output!r}")
-        if resume and self.stateful:
-            raise ValueError("resume cannot be combined with stateful mode: the carried LSTM state "
-                             "of an interrupted run is not saved; rerun without resume")
-        if not os.path.isfile(input_file):
-            raise FileNotFoundError(f"input file not found: {input_file}")
-        partial = output_file + ".partial"
-        done: set = set()
-        if resume and os.path.exists(partial):
-            try:
-                with h5py.File(partial, "r") as f:
-                    done = {k for k in f.keys() if k != "sentence_to_index"}
-                logger.info("resuming %s: %d lines already embedded", partial, len(done))
-            except OSError as e:
-                logger.warning("cannot read %s (%s); starting over", partial, e)
-                os.remove(partial)
-        elif os.path.exists(partial):
-            os.remove(partial)
-        mode = "a" if done else "w"
-        sentence_to_index: dict[str, str] = {}
-        n_lines = 0
-        with h5py.File(partial, mode) as fout:
-            def lines() -> Iterator[tuple[int, list[str]]]:
-                nonlocal n_lines
-                with open(input_file, encoding="utf-8") as fin:
-                    for i, line in enumerate(fin):
-                        n_lines = i + 1
-                        text = line.strip()
-                        if sentence_index:
-                            sentence_to_index[text] = str(i)
-                        if str(i) not in done:
-                            yield i, text.split()
+        from elmo.dump import embed_file
 
-            pending, batch_size = lines(), batch_size or self.batch_size
-            while True:
-                chunk = list(itertools.islice(pending, batch_size * 16))
-                if not chunk:
-                    break
-                arrays = self._embed_list([tokens for _, tokens in chunk], batch_size)
-                for (i, _), a in zip(chunk, arrays):
-                    fout.create_dataset(str(i), data=_select(a, output), dtype="float32")
-                fout.flush()
-                if progress is not None:
-                    progress(len(chunk))
-            if sentence_index:
-                if "sentence_to_index" in fout:
-                    del fout["sentence_to_index"]
-                ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
-                ds[0] = json.dumps(sentence_to_index)
-        os.replace(partial, output_file)
-        return n_lines
+        return embed_file(self, input_file, output_file, output=output, batch_size=batch_size,
+                          sentence_index=sentence_index, resume=resume, force=force,
+                          progress=progress)
 
 
 def _check_sentence(sentence: Sequence[str], i: int) -> list[str]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
+from elmo.io import atomic_path
 from elmo.model import ElmoBiLM
 
 # Column blocks: ours (i, f, o, g) taken from TF's (i, g, f, o).
@@ -120,12 +121,23 @@ def load_original(options_file: str | os.PathLike, weight_file: str | os.PathLik
     if not os.path.isfile(weight_file):
         raise FileNotFoundError(f"weight file not found: {weight_file}")
     model = ElmoBiLM(config)
-    with h5py.File(weight_file, "r") as f:
+    try:
+        f = h5py.File(weight_file, "r")
+    except OSError as e:
+        raise ValueError(f"{weight_file}: not a readable HDF5 weight file ({_first_line(e)}); is it "
+                         "truncated (an interrupted copy or download)? Copy it again") from None
+    used = set()
+    with f:
         def read(name: str, shape: tuple) -> np.ndarray:
+            used.add(name)
             if name not in f:
                 raise ValueError(f"{weight_file}: dataset {name!r} is missing (expected shape {shape}); "
                                f"is {options_file} the options file for this weight file?")
-            arr = f[name][...]
+            try:
+                arr = f[name][...]
+            except OSError as e:
+                raise ValueError(f"{weight_file}: dataset {name!r} cannot be read ({_first_line(e)}); "
+                                 "is the file truncated or corrupt? Copy it again") from None
             if arr.shape != tuple(shape):
                 raise ValueError(f"{weight_file}: dataset {name!r} has shape {arr.shape}, expected "
                                  f"{tuple(shape)} from {options_file}; the options and weight files "
@@ -133,11 +145,36 @@ def load_original(options_file: str | os.PathLike, weight_file: str | os.PathLik
             return arr
 
         state = original_arrays_to_state_dict(config, read)
+        leftover = sorted(set(_dataset_names(f)) - used)
+    if leftover:
+        # Weights the options do not use: e.g. n_highway or n_layers too small in options.json.
+        # Loading them would silently compute another function than the one trained.
+        shown = ", ".join(leftover[:6]) + (f", ... ({len(leftover)} in all)" if len(leftover) > 6 else "")
+        raise ValueError(f"{weight_file}: datasets that {options_file} does not use: {shown}; the "
+                         "options file describes a smaller model (check lstm.n_layers, "
+                         "char_cnn.n_highway and char_cnn.filters)")
     # Buffers that the original format does not hold (the fixed initial state) stay as built.
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert all(k.endswith(("initial_h", "initial_c")) for k in missing), missing
     return model
+
+
+def _dataset_names(f: h5py.File) -> list:
+    names: list = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def nonfinite_tensors(model: torch.nn.Module) -> list:
+    """Names of the floating-point parameters and buffers that hold NaN or inf (empty if none)."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file: str | os.PathLike) -> None:
@@ -152,9 +189,8 @@ def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file:
     for path, writer in ((weight_file, _write_hdf5), (options_file, _write_json)):
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        writer(tmp, arrays if writer is _write_hdf5 else model.config.to_options())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            writer(tmp, arrays if writer is _write_hdf5 else model.config.to_options())
 
 
 def check_original_compatible(config: ElmoConfig) -> None:

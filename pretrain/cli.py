@@ -3,7 +3,7 @@
     elmo-pretrain --train FILES... [--heldout FILES...] --out DIR
                   [--preset NAME | --config JSON] [--max-tokens N | --max-steps N | --epochs N]
                   [--resume] [--init MODEL] [--vocab FILE] [--set FIELD=VALUE ...] [options]
-    elmo-export DIR --options-file O --weight-file W [--vocab V]
+    elmo-export DIR --options-file O --weight-file W [--vocab V] [--force]
 
 Under ``torchrun --nproc_per_node=N`` the same command trains with DDP (one data shard per
 process, only rank 0 writes).
@@ -177,13 +177,15 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--options-file", required=True, help="the options.json to write")
     p.add_argument("--weight-file", required=True, help="the weights .hdf5 to write")
     p.add_argument("--vocab", help="also copy the vocabulary (one word per line) here")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pretrain.export import export_original
 
     try:
-        export_original(args.model_dir, args.options_file, args.weight_file, args.vocab)
-    except (ValueError, FileNotFoundError) as e:
+        export_original(args.model_dir, args.options_file, args.weight_file, args.vocab,
+                        force=args.force)
+    except (ValueError, OSError) as e:  # also a full disk (elmo.io.DiskFullError)
         print(f"elmo-export: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.options_file} and {args.weight_file}" + (f" and {args.vocab}" if args.vocab else ""))

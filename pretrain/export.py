@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import NamedTuple, Optional
 
 import torch
 
+from elmo.io import OutputPathError, atomic_open, check_output, copy_atomic, same_file
 from elmo.model import ElmoBiLM
 from elmo.weights import save_original
 from pretrain.lm import BidirectionalLM
@@ -33,11 +33,9 @@ VOCAB_NAME = "vocab.txt"
 def save_model_dir(lm: BidirectionalLM, vocab: Vocabulary, out_dir: str) -> None:
     """The biLM (elmo format), its softmax and the vocabulary, each written atomically."""
     lm.bilm.save_pretrained(out_dir)
-    path = os.path.join(out_dir, SOFTMAX_NAME)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save({"kind": lm.softmax.kind,
-                "state": {k: v.detach().cpu() for k, v in lm.softmax.state_dict().items()}}, tmp)
-    os.replace(tmp, path)
+    with atomic_open(os.path.join(out_dir, SOFTMAX_NAME), "wb") as f:
+        torch.save({"kind": lm.softmax.kind,
+                    "state": {k: v.detach().cpu() for k, v in lm.softmax.state_dict().items()}}, f)
     vocab.save(os.path.join(out_dir, VOCAB_NAME))
 
 
@@ -99,14 +97,29 @@ def transfer_softmax(lm: BidirectionalLM, vocab: Vocabulary, init: InitModel) ->
 
 
 def export_original(model_dir: str, options_file: str, weight_file: str,
-                    vocab_file: Optional[str] = None) -> None:
-    """Write the original options.json + weights HDF5 (and the vocabulary) of a model directory."""
+                    vocab_file: Optional[str] = None, force: bool = True) -> None:
+    """Write the original options.json + weights HDF5 (and the vocabulary) of a model directory.
+
+    Before anything is loaded or written: no output may be a file of ``model_dir`` (also through
+    a link) or another output, each output's folder must exist, and with ``force=False`` an
+    existing output is refused (``elmo.io.OutputPathError``, a ValueError)."""
+    outputs = [("--options-file", options_file), ("--weight-file", weight_file),
+               ("--vocab", vocab_file)]
+    inputs = ([os.path.join(model_dir, n) for n in sorted(os.listdir(model_dir))]
+              if os.path.isdir(model_dir) else [])
+    seen: list = []
+    for flag, path in outputs:
+        if path is None:
+            continue
+        check_output(path, inputs=inputs, force=force, what=f"{flag}")
+        for other_flag, other in seen:
+            if same_file(path, other) or os.path.abspath(path) == os.path.abspath(other):
+                raise OutputPathError(f"{flag} {path} is the same path as {other_flag}; give each "
+                                      "output its own file")
+        seen.append((flag, path))
+    if vocab_file and not os.path.isfile(os.path.join(model_dir, VOCAB_NAME)):
+        raise FileNotFoundError(f"{model_dir}: no {VOCAB_NAME} to export (it is written by elmo-pretrain)")
     model = ElmoBiLM.from_pretrained(model_dir)
     save_original(model, options_file, weight_file)
     if vocab_file:
-        src = os.path.join(model_dir, VOCAB_NAME)
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"{model_dir}: no {VOCAB_NAME} to export (it is written by elmo-pretrain)")
-        tmp = f"{vocab_file}.tmp.{os.getpid()}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, vocab_file)
+        copy_atomic(os.path.join(model_dir, VOCAB_NAME), vocab_file)
