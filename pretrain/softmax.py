@@ -18,6 +18,7 @@ Losses come back per token (N,) in float32, whatever the autocast dtype of the m
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -33,31 +34,68 @@ def log_uniform_probability(ids: torch.Tensor, range_max: int) -> torch.Tensor:
     return (torch.log1p(1.0 / (ids + 1.0))) / math.log(range_max + 1)
 
 
-def log_uniform_candidates(num_samples: int, range_max: int, generator: torch.Generator,
-                           max_draws: Optional[int] = None) -> tuple[torch.Tensor, int]:
-    """Draw from the log-uniform distribution until ``num_samples`` distinct ids appear.
+def draws_for(num_samples: int, range_max: int, max_draws: Optional[int] = None) -> int:
+    """How many log-uniform draws ``log_uniform_candidates`` makes: enough that ``num_samples``
+    distinct ids are all but certain among them (expected distinct count at least num_samples +
+    6 standard deviations), at most ``max_draws`` (default 32 x num_samples).
 
-    Returns the distinct ids (sorted) and the number of draws it took (``num_tries``). After
-    ``max_draws`` draws (default 32 x num_samples) it stops with fewer ids; the expected-count
-    correction stays exact for the draws made.
+    The expected number of distinct ids in n draws is sum_k 1 - (1 - p_k)^n; its variance is
+    below its mean, so 6 sqrt(num_samples) is a generous margin. Computed once per (S, V).
+    """
+    return _draws_for(int(num_samples), int(range_max), int(max_draws or 32 * num_samples))
+
+
+@functools.lru_cache(maxsize=64)
+def _draws_for(num_samples: int, range_max: int, max_draws: int) -> int:
+    log_q = torch.log1p(-log_uniform_probability(torch.arange(range_max), range_max))  # (V,)
+    goal = num_samples + 6.0 * math.sqrt(num_samples)
+
+    def distinct(n: int) -> float:
+        return float(-torch.expm1(n * log_q).sum())
+
+    if distinct(max_draws) < goal:
+        return max_draws
+    lo, hi = num_samples, max_draws
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if distinct(mid) >= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def log_uniform_candidates(num_samples: int, range_max: int, generator: torch.Generator,
+                           max_draws: Optional[int] = None,
+                           device: Optional[torch.device] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``num_samples`` distinct ids of a sequence of log-uniform draws, on ``device``.
+
+    Makes a fixed number of draws (``draws_for``) so that every shape is known in advance and
+    nothing is read back to the host: on a GPU the draw, the de-duplication and the expected-count
+    correction all stay on the device (``generator`` must live there; default: its device).
+    Returns ``(ids, num_tries, valid)``: ``ids`` (S,) sorted, ``num_tries`` a 0-dim long tensor
+    (the draws it took to see the S distinct ids, as TensorFlow's sampler reports), ``valid`` (S,)
+    bool. When the draws held fewer than S distinct ids (nearly impossible below the cap, certain
+    when S is close to V) the missing slots repeat an id and are marked invalid, and num_tries
+    is the number of draws made; the expected-count correction stays exact for the draws made.
     """
     if num_samples >= range_max:
         raise ValueError(f"cannot draw {num_samples} distinct ids from {range_max}")
-    max_draws = max_draws or 32 * num_samples
-    log_range = math.log(range_max + 1)
-    n = min(2 * num_samples, max_draws)
-    while True:
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        draws = (torch.exp(u * log_range).long() - 1).clamp_(0, range_max - 1)  # (n,)
-        uniq, inverse = torch.unique(draws, return_inverse=True)
-        if len(uniq) >= num_samples or n >= max_draws:
-            break
-        n = min(2 * n, max_draws)
-    first = torch.full((len(uniq),), n, dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")  # first draw of each id
-    order = first.argsort()[:num_samples]
-    num_tries = int(first[order].max()) + 1 if len(uniq) >= num_samples else n
-    return uniq[order].sort().values, num_tries
+    device = torch.device(device) if device is not None else generator.device
+    M = draws_for(num_samples, range_max, max_draws)
+    u = torch.rand(M, generator=generator, dtype=torch.float64, device=generator.device).to(device)
+    draws = (torch.exp(u * math.log(range_max + 1)).long() - 1).clamp_(0, range_max - 1)  # (M,)
+    values, order = torch.sort(draws, stable=True)  # equal ids: earliest draw first
+    first = torch.ones(M, dtype=torch.bool, device=device)
+    first[1:] = values[1:] != values[:-1]  # the first draw of each distinct id
+    key = torch.where(first, order, torch.full_like(order, M))  # its draw index; M = a repeat
+    picked_key, picked = torch.topk(key, num_samples, largest=False, sorted=False)  # (S,)
+    ids, valid = values[picked], picked_key < M
+    num_tries = (picked_key.max() + 1).clamp(max=M)
+    # Sorted by id, a valid slot before a repeat of the same id (accidental hits find it first).
+    rank = torch.sort(ids * 2 + (~valid).long()).indices
+    return ids[rank], num_tries, valid[rank]
 
 
 def expected_count(ids: torch.Tensor, range_max: int, num_tries: int) -> torch.Tensor:
@@ -124,23 +162,24 @@ class LMSoftmax(nn.Module):
 
     def sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Fixed shapes and no read-back to the host: the step can run without a synchronisation."""
         if generator is None:
-            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+            generator = torch.Generator(hidden.device).manual_seed(int(torch.randint(2**62, (1,))))
         V = self.vocab_size
-        samples, num_tries = log_uniform_candidates(self.config.num_samples, V, generator)
-        samples = samples.to(hidden.device)  # (S,) sorted
+        samples, num_tries, valid = log_uniform_candidates(self.config.num_samples, V, generator,
+                                                           device=hidden.device)  # (S,) sorted
         log_q_samples = torch.log(expected_count(samples, V, num_tries)).float()  # (S,)
         log_q_true = torch.log(expected_count(targets, V, num_tries)).float()  # (N,)
         # One gather for negatives and targets: each index op makes a dense (V, dim) gradient.
         S = len(samples)
         rows = self.weight[torch.cat([samples, targets])]  # (S + N, dim)
         bias = self.bias[torch.cat([samples, targets])].float()  # (S + N,)
-        sampled = torch.mm(hidden, rows[:S].to(hidden.dtype).t()).float()  # (N, S)
-        sampled = sampled + (bias[:S] - log_q_samples)
+        neg_bias = (bias[:S] - log_q_samples).masked_fill(~valid, float("-inf"))  # (S,)
+        sampled = torch.mm(hidden, rows[:S].to(hidden.dtype).t()).float() + neg_bias  # (N, S)
         true = (hidden.float() * rows[S:].float()).sum(-1) + bias[S:] - log_q_true  # (N,)
-        # Accidental hits: a negative equal to the row's target is not a negative for that row.
-        pos = torch.searchsorted(samples, targets).clamp_(max=len(samples) - 1)  # (N,)
-        hit = samples[pos] == targets
-        rows = hit.nonzero().squeeze(1)
-        sampled.index_put_((rows, pos[rows]), torch.tensor(float("-inf"), device=hidden.device))
+        # Accidental hits: a negative equal to the row's target is not a negative for that row
+        # (one scatter at each row's candidate position; no data-dependent shapes).
+        pos = torch.searchsorted(samples, targets).clamp_(max=S - 1).unsqueeze(1)  # (N, 1)
+        hit = samples[pos] == targets.unsqueeze(1)  # (N, 1)
+        sampled = sampled.scatter(1, pos, sampled.gather(1, pos).masked_fill(hit, float("-inf")))
         return torch.logaddexp(true, torch.logsumexp(sampled, dim=-1)) - true

@@ -13,6 +13,17 @@ writes metrics, checkpoints and the model.
 
 Ctrl-C (SIGINT) is deferred to the end of the current step; the trainer then saves a checkpoint
 and returns. A second Ctrl-C stops at once.
+
+No host synchronisation inside a step (what keeps a GPU's queue full): the next batch is built on
+the host while the device works on the current one and copied from pinned memory without
+blocking (``DevicePrefetcher``); the sampled softmax draws its negatives on the device; losses,
+token counts and the gradient norm stay device tensors (``StepMetrics``) and are read at logging,
+evaluation and checkpoint steps only; the optimizers are the fused kernels where torch has them;
+clipping returns a tensor nobody branches on. A non-finite loss or gradient norm sets a device
+flag: with ``sync_every_step`` (the default on CPU, where reading it costs nothing) the trainer
+reads it before the update and raises ``NonFiniteError`` at once; otherwise the fused optimizer
+skips that update on the device (weights stay finite) and the error is raised at the next read
+(log interval, evaluation, checkpoint). A checkpoint is never written after a non-finite step.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import torch
@@ -38,14 +50,35 @@ from pretrain.lm import BidirectionalLM, evaluate
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteError(FloatingPointError):
+    """A training step's loss or gradient norm was not finite (``step``: its 1-based number)."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float) -> None:
+        super().__init__(f"step {step}: the loss is {loss} (gradient norm {grad_norm}); the update "
+                         "was not applied. Lower optim.lr or use gradient clipping")
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
+def fused_kwargs(params) -> dict:
+    """``fused=True`` where torch has a fused optimizer kernel for these parameters (CPU and CUDA,
+    floating point): one kernel per step instead of a few per tensor, and an update the
+    ``found_inf`` flag can skip on the device."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    ok = params and all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
+                        for p in params) and len({p.device for p in params}) == 1
+    return {"fused": True} if ok else {}
+
+
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   initial_accumulator_value=cfg.adagrad_initial_accumulator)
+                                   initial_accumulator_value=cfg.adagrad_initial_accumulator,
+                                   **fused_kwargs(params))
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, **fused_kwargs(params))
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adagrad, adam")
 
 
@@ -65,6 +98,59 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class StepMetrics(Mapping):
+    """One step's metrics: host numbers plus device tensors that are read (one synchronisation
+    for all of them) the first time any of them is looked up."""
+
+    DEVICE_KEYS = ("forward_loss", "backward_loss", "grad_norm", "batch_tokens", "loss")
+
+    def __init__(self, host: dict, device: torch.Tensor) -> None:
+        self._host, self._device, self._values = host, device, None  # device: (5,) float64
+
+    def _read(self) -> dict:
+        if self._values is None:
+            fwd, bwd, norm, tokens, loss = self._device.tolist()
+            self._values = {**self._host, "tokens": self._host["tokens"](), "loss": loss,
+                            "forward_loss": fwd, "backward_loss": bwd, "grad_norm": norm,
+                            "batch_tokens": int(tokens)}
+        return self._values
+
+    def __getitem__(self, key):
+        if key in self._host and key != "tokens":
+            return self._host[key]
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter((*self._host, *self.DEVICE_KEYS))
+
+    def __len__(self) -> int:
+        return len(self._host) + len(self.DEVICE_KEYS)
+
+
+class DevicePrefetcher:
+    """Batches of ``batcher`` built on the host and sent to ``device`` one step ahead: pinned
+    memory and non-blocking copies on CUDA (on CPU the same calls, without pinning, are free).
+    ``fetch()`` starts the copy of the next batch; ``next_batch()`` returns it (fetching first if
+    nothing is pending). The trainer fetches only when it will run the step (after its checkpoint
+    decision), so the batcher's position in a checkpoint never counts a batch not trained on."""
+
+    def __init__(self, batcher, device: torch.device) -> None:
+        self.batcher, self.device, self.pending = batcher, device, None
+        self.pin = device.type == "cuda"
+
+    def fetch(self) -> None:
+        if self.pending is None:
+            batch = self.batcher.next_batch()
+            if self.pin:
+                batch = type(batch)(*(t.pin_memory() for t in batch))
+            self.pending = batch.to(self.device)  # non_blocking (Batch.to)
+
+    def next_batch(self):
+        self.fetch()
+        batch, self.pending = self.pending, None
+        return batch
 
 
 class MetricsLog:
@@ -108,33 +194,50 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, opt, total_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
-        self.step, self.tokens = 0, 0
+        # Read the finite flag (and, under DDP, the stop vote) after every step: free on a CPU;
+        # on a GPU they are read at log, evaluation and checkpoint steps only.
+        self.sync_every_step = self.device.type == "cpu"
+        self._token_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite
+        self._interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._generator = torch.Generator(self.device)  # the sampled softmax's negatives
+        self.step = 0
         self.state = None  # carried LSTM state (window mode)
         self.window_mode = config.data.batch_mode == "window"
         self.stop_requested = False  # this process was asked to stop (Ctrl-C, callback)
         self.stop_agreed = False  # some process was asked, as of the last step: all stop together
         self.last_eval: Optional[dict] = None
         self.on_checkpoint: Optional[Callable] = None  # e.g. refresh the model files (rank 0)
-        self.extra_state: dict = {}  # plain values stored in every checkpoint (run.py: the inputs)
         self.metrics = MetricsLog(os.path.join(out_dir, "metrics.jsonl")
                                   if out_dir and self.info.is_main else None)
 
+    @property
+    def tokens(self) -> int:
+        """Training tokens seen so far (all processes); reading it synchronises with the device."""
+        return int(self._token_total)
+
+    @tokens.setter
+    def tokens(self, value: int) -> None:
+        self._token_total.fill_(float(value))
+
     # -- one step -------------------------------------------------------------------------------
-    def train_step(self, batch) -> dict:
+    def train_step(self, batch) -> StepMetrics:
+        """One update on ``batch`` (host or device tensors). Returns its metrics; nothing in the
+        step waits for the device unless ``sync_every_step`` (reading the metrics does)."""
         cfg = self.config
         self.lm.train()
         batch = batch.to(self.device)
-        # Negatives of the sampled softmax: a function of (seed, step), the same on every process.
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step)
+        # Negatives of the sampled softmax: a function of (seed, step), the same on every process,
+        # drawn on the device.
+        generator = self._generator.manual_seed(cfg.train.seed * 1_000_003 + self.step)
         with autocast(self.device, cfg.train.precision):
             out = self.model(batch, self.state, cfg.optim.dropout, generator)
-        totals = torch.stack([out.forward_loss_sum.detach().float(), out.backward_loss_sum.detach().float(),
-                              out.forward_count.float(), out.backward_count.float(),
-                              batch.mask.sum().float(),
-                              torch.tensor(float(self.stop_requested), device=self.device),
-                              torch.tensor(float(batch.tokens.shape[0]), device=self.device)]).double()
+        zero = self._token_total.new_zeros(())
+        totals = torch.stack([out.forward_loss_sum.detach().double(), out.backward_loss_sum.detach().double(),
+                              out.forward_count.double(), out.backward_count.double(),
+                              batch.mask.sum().double(), zero + float(self.stop_requested),
+                              zero + float(batch.tokens.shape[0])])
         totals = all_reduce_sum(totals, self.info)  # sums and counts of all processes, stop votes
-        self.stop_agreed = bool(totals[5] > 0)
         if cfg.optim.loss_normalization == "row":  # per-row sums, averaged over all rows
             nf = nb = totals[6].float()
         else:  # per-token means
@@ -146,7 +249,25 @@ class Trainer:
         if cfg.optim.clip_value is not None:
             nn.utils.clip_grad_value_(params, cfg.optim.clip_value)
         max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm is not None else float("inf")
-        grad_norm = float(nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = nn.utils.clip_grad_norm_(params, max_norm)  # a tensor: not read here
+        fwd = totals[0] / totals[2].clamp(min=1)
+        bwd = totals[1] / totals[3].clamp(min=1)
+        mean_loss = 0.5 * (fwd + bwd)
+        device_metrics = torch.stack([fwd, bwd, grad_norm.double(), totals[4], mean_loss])
+        # fp16: infinite gradients are the loss scaler's business (it skips and lowers the scale).
+        finite = torch.isfinite(mean_loss) if self.scaler.is_enabled() else \
+            torch.isfinite(mean_loss) & torch.isfinite(grad_norm)
+        if self.sync_every_step or self.info.active and (self.step + 1) % cfg.train.log_every == 0:
+            self.stop_agreed = bool(totals[5] > 0)
+        if self.sync_every_step:
+            if not bool(finite):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(self.step + 1, float(mean_loss), float(grad_norm))
+        else:
+            self._bad_step = torch.where(finite | (self._bad_step >= 0), self._bad_step,
+                                         self._bad_step.new_full((), self.step + 1))
+            if self.optimizer.defaults.get("fused") and not self.scaler.is_enabled():
+                self.optimizer.found_inf = (~finite).float()  # the fused kernel skips the update
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]
@@ -154,11 +275,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state = detach_state(out.state) if self.window_mode else None
         self.step += 1
-        self.tokens += int(totals[4])
-        fwd, bwd = float(totals[0] / totals[2].clamp(min=1)), float(totals[1] / totals[3].clamp(min=1))
-        return {"step": self.step, "tokens": self.tokens, "loss": 0.5 * (fwd + bwd),
-                "forward_loss": fwd, "backward_loss": bwd, "lr": lr, "grad_norm": grad_norm,
-                "batch_tokens": int(totals[4])}
+        self._token_total += totals[4]
+        self._interval_loss += mean_loss
+        return StepMetrics({"step": self.step, "lr": lr, "tokens": lambda: self.tokens},
+                           device_metrics)
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteError`` if a step since the last check had a non-finite loss or
+        gradient norm (one read of a device flag), or the weights are not finite."""
+        bad = int(self._bad_step)
+        if bad >= 0:
+            raise NonFiniteError(bad, float("nan"), float("nan"))
+        flags = torch.stack([torch.isfinite(p).all() for p in self.lm.parameters()])
+        if not bool(flags.all()):
+            raise NonFiniteError(self.step, float("nan"), float("nan"))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_data(self) -> dict:
@@ -168,10 +298,10 @@ class Trainer:
         return {"format": 1, "step": self.step, "tokens": self.tokens,
                 "config": self.config.to_dict(), "model": self.lm.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "ranks": ranks,
-                **self.extra_state}
+                "scaler": self.scaler.state_dict(), "ranks": ranks}
 
     def save_checkpoint(self) -> Optional[str]:
+        self.check_finite()  # never a checkpoint (or model) of a diverged run
         data = self.checkpoint_data()  # every rank takes part in the gather
         if not (self.out_dir and self.info.is_main):
             return None
@@ -220,32 +350,41 @@ class Trainer:
             self.evaluate()  # the curve's starting point
         previous = _defer_sigint(self)
         bar = _progress(self.total_steps, self.step, tc.progress and self.info.is_main)
-        t_log, tok_log, losses = time.perf_counter(), self.tokens, []
+        t_log, tok_log, n_losses = time.perf_counter(), self.tokens, 0
+        self._interval_loss.zero_()
+        # The next batch is fetched (and its copy to the device started) while the device still
+        # works on the current step, but only once this step's checkpoint and stop decisions are
+        # made: the data position saved in a checkpoint never counts a batch that was not trained on.
+        feed = DevicePrefetcher(self.batcher, self.device)
         try:
             with _logging_through(bar):
-                while self.step < self.total_steps and not self._should_stop():
-                    metrics = self.train_step(self.batcher.next_batch())
-                    losses.append(metrics["loss"])
-                    if not math.isfinite(metrics["loss"]):
-                        raise FloatingPointError(f"step {self.step}: the loss is {metrics['loss']}; "
-                                                 "lower optim.lr or use gradient clipping")
+                while self.step < self.total_steps:
+                    if feed.pending is None and self._should_stop():
+                        break
+                    metrics = self.train_step(feed.next_batch())
+                    n_losses += 1
                     if self.callback is not None and self.callback(self, metrics):
                         self.stop_requested = True
                     if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                        self.check_finite()
                         now = time.perf_counter()
-                        record = {**metrics, "loss_mean": sum(losses) / len(losses),
-                                  "tokens_per_s": (self.tokens - tok_log) / max(now - t_log, 1e-9)}
+                        tokens = self.tokens
+                        record = {**metrics, "loss_mean": float(self._interval_loss) / n_losses,
+                                  "tokens_per_s": (tokens - tok_log) / max(now - t_log, 1e-9)}
                         self.metrics.write(record)
                         if bar is not None:
                             bar.set_postfix(loss=f"{record['loss_mean']:.3f}",
                                             tok_s=f"{record['tokens_per_s']:.0f}")
-                        t_log, tok_log, losses = now, self.tokens, []
+                        t_log, tok_log, n_losses = now, tokens, 0
+                        self._interval_loss.zero_()
                     if bar is not None:
                         bar.update(1)
                     if self.step % eval_every == 0 and self.step < self.total_steps:
                         self.evaluate()
                     if self.step % ckpt_every == 0 and self.step < self.total_steps:
                         self.save_checkpoint()
+                    if self.step < self.total_steps and not self._should_stop():
+                        feed.fetch()
         finally:
             if bar is not None:
                 bar.close()

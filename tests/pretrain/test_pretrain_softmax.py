@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretrain.config import SoftmaxConfig
-from pretrain.softmax import (LMSoftmax, expected_count, log_uniform_candidates,
+from pretrain.softmax import (LMSoftmax, draws_for, expected_count, log_uniform_candidates,
                               log_uniform_probability)
 
 
@@ -17,14 +17,36 @@ def test_log_uniform_distribution_sums_to_one_and_prefers_frequent_ids():
 
 
 def test_candidates_are_unique_sorted_and_reproducible():
-    s, tries = log_uniform_candidates(100, 5000, torch.Generator().manual_seed(3))
+    s, tries, valid = log_uniform_candidates(100, 5000, torch.Generator().manual_seed(3))
     assert len(s) == 100 and len(set(s.tolist())) == 100 and bool((s[1:] > s[:-1]).all())
-    assert tries >= 100 and 0 <= int(s.min()) and int(s.max()) < 5000
-    s2, tries2 = log_uniform_candidates(100, 5000, torch.Generator().manual_seed(3))
-    assert torch.equal(s, s2) and tries == tries2
-    # Asking for nearly the whole vocabulary stops after max_draws with fewer ids, no endless loop.
-    s3, tries3 = log_uniform_candidates(990, 1000, torch.Generator().manual_seed(0), max_draws=4000)
-    assert tries3 == 4000 and len(s3) < 990
+    assert bool(valid.all()) and tries.dim() == 0
+    assert 100 <= int(tries) <= draws_for(100, 5000) and 0 <= int(s.min()) and int(s.max()) < 5000
+    s2, tries2, _ = log_uniform_candidates(100, 5000, torch.Generator().manual_seed(3))
+    assert torch.equal(s, s2) and int(tries) == int(tries2)
+    # Asking for nearly the whole vocabulary stops after max_draws with fewer ids, no endless loop:
+    # the shape stays (S,), the missing slots repeat an id and are marked invalid.
+    s3, tries3, valid3 = log_uniform_candidates(990, 1000, torch.Generator().manual_seed(0), max_draws=4000)
+    assert int(tries3) == 4000 and len(s3) == 990 and 0 < int(valid3.sum()) < 990
+    assert len(set(s3[valid3].tolist())) == int(valid3.sum())
+    assert set(s3[~valid3].tolist()) <= set(s3[valid3].tolist())
+
+
+def test_candidates_are_the_first_distinct_ids_of_the_draws():
+    """Same ids and num_tries as drawing one at a time until S distinct ids have appeared."""
+    V, S = 300, 40
+    M = draws_for(S, V)
+    u = torch.rand(M, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    draws = ((torch.exp(u * math.log(V + 1)).long() - 1).clamp(0, V - 1)).tolist()
+    seen = []
+    for n, k in enumerate(draws):
+        if k not in seen:
+            seen.append(k)
+        if len(seen) == S:
+            break
+    ids, tries, valid = log_uniform_candidates(S, V, torch.Generator().manual_seed(5))
+    assert ids.tolist() == sorted(seen) and int(tries) == n + 1 and bool(valid.all())
+    # The fixed number of draws leaves a margin: S distinct ids take fewer draws on average.
+    assert M > S and float(-torch.expm1(M * torch.log1p(-log_uniform_probability(torch.arange(V), V))).sum()) > S
 
 
 def test_expected_count_matches_the_sampler():
@@ -33,7 +55,8 @@ def test_expected_count_matches_the_sampler():
     g = torch.Generator().manual_seed(0)
     hits, expected = torch.zeros(V), torch.zeros(V, dtype=torch.float64)
     for _ in range(reps):
-        s, tries = log_uniform_candidates(S, V, g)
+        s, tries, valid = log_uniform_candidates(S, V, g)
+        assert bool(valid.all())
         hits[s] += 1
         expected += expected_count(torch.arange(V), V, tries)
     freq, expected = hits / reps, (expected / reps).float()
@@ -61,7 +84,7 @@ def test_sampled_loss_by_hand_including_accidental_hits():
     sm = LMSoftmax(dim, V, SoftmaxConfig(kind="sampled", num_samples=S)).train()
     with torch.no_grad():
         sm.bias.normal_()
-    samples, tries = log_uniform_candidates(S, V, torch.Generator().manual_seed(11))
+    samples, tries, _ = log_uniform_candidates(S, V, torch.Generator().manual_seed(11))
     targets = torch.tensor([int(samples[0]), int(samples[3]), 29, 17, int(samples[0])])  # 3 hits
     h = torch.randn(5, dim)
     got = sm(h, targets, torch.Generator().manual_seed(11))
@@ -82,7 +105,7 @@ def test_sampled_softmax_never_forms_full_vocabulary_logits(monkeypatch):
     loss = sm(h, targets, torch.Generator().manual_seed(0)).mean()
     loss.backward()
     touched = set(sm.weight.grad.abs().sum(1).nonzero().squeeze(1).tolist())
-    samples, _ = log_uniform_candidates(S, V, torch.Generator().manual_seed(0))
+    samples, _, _ = log_uniform_candidates(S, V, torch.Generator().manual_seed(0))
     assert touched <= set(samples.tolist()) | set(targets.tolist())
     assert len(touched) > S  # the negatives and the targets got gradient
 
