@@ -21,7 +21,7 @@ from torch import nn
 from elmo.cells import make_layer
 from elmo.config import BiLMConfig
 from elmo.kernels import LstmKernels
-from elmo.lstm import LstmProjection, batch_sizes_from_lengths
+from elmo.lstm import batch_sizes_from_lengths
 
 BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
 
@@ -62,7 +62,7 @@ class BiLM(nn.Module):
         P = config.projection_dim
 
         def make() -> nn.ModuleList:
-            # config.cell picks the layer class (elmo.cells.make_layer: LstmProjection for "lstm").
+            # config.cell picks the layer class (elmo.cells.make_layer: elmo.lstm.Lstm for "lstm").
             return nn.ModuleList(make_layer(config, P) for _ in range(config.n_layers))
 
         self.forward_layers, self.backward_layers = make(), make()
@@ -114,10 +114,10 @@ class BiLM(nn.Module):
             if dropout > 0 and self.training:
                 x_ins = [nn.functional.dropout(x_in, dropout, training=True) for x_in in x_ins]
             states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in range(2)]
-            if type(fwd) is LstmProjection and type(bwd) is LstmProjection:
-                # The original cell: both directions in one loop (one batched matmul per step).
+            if self.kernels.fuses((fwd, bwd)):
+                # The plain original cell: both directions in one fused loop (elmo.kernels).
                 results = self.kernels.run([fwd, bwd], x_ins, batch_sizes, states)
-            else:
+            else:  # every other cell: its own forward, the packed loop of elmo.cells.base
                 results = [layer(x_in, batch_sizes, st)
                            for layer, x_in, st in zip((fwd, bwd), x_ins, states)]  # (T, B, P)
             outs, finals = [], []

@@ -63,8 +63,12 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, model_dir: Optional[str] = None, *, options_file: Optional[str] = None,
-                        weight_file: Optional[str] = None, **kwargs) -> "Embedder":
-        """Load a model directory (ours or the original format) or an options/weight file pair."""
+                        weight_file: Optional[str] = None, revision: Optional[str] = None,
+                        sha256: Optional[Union[str, dict]] = None, **kwargs) -> "Embedder":
+        """Load a model (a local folder, an http(s) URL, a hub id with ``revision``, or a named
+        release; see ``elmo.hub``) or an options/weight file pair (local paths or URLs).
+        ``sha256`` is the expected digest of the weights file, checked when it is downloaded."""
+        from elmo.hub import resolve_file
         from elmo.weights import load_original
 
         if (options_file is None) != (weight_file is None):
@@ -72,10 +76,14 @@ class Embedder:
         if options_file is not None:
             if model_dir is not None:
                 raise ValueError("pass either a model directory or options_file + weight_file, not both")
-            return cls(load_original(options_file, weight_file), **kwargs)
+            if revision is not None:
+                raise ValueError("revision applies to hub repositories (model_dir='org/name'), not to "
+                                 "options_file/weight_file")
+            weights = resolve_file(weight_file, sha256=sha256 if isinstance(sha256, str) else None)
+            return cls(load_original(options_file, weights), **kwargs)
         if model_dir is None:
             raise ValueError("pass a model directory or options_file + weight_file")
-        return cls(ElmoBiLM.from_pretrained(model_dir), **kwargs)
+        return cls(ElmoBiLM.from_pretrained(model_dir, revision=revision, sha256=sha256), **kwargs)
 
     @property
     def output_dim(self) -> int:

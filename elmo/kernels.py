@@ -164,6 +164,16 @@ class LstmKernels:
         """The library that runs products with ``weight``: "onednn", "mkl" or "plain"."""
         return resolve_gemm(self.gemm, weight.device, weight.dtype)
 
+    def fuses(self, layers: Sequence) -> bool:
+        """Whether ``run`` computes these layers: each says it is the plain LSTM cell
+        (``runs_fused``) and all have the same sizes, clips and weight dtype and device."""
+        if not all(getattr(layer, "runs_fused", False) for layer in layers):
+            return False
+        signature = {(layer.input_dim, layer.hidden_dim, layer.projection_dim, layer.cell_clip,
+                      layer.proj_clip, layer.state_weight.dtype, layer.state_weight.device)
+                     for layer in layers}
+        return len(signature) == 1
+
     def release(self) -> None:
         """Forget the weights prepared for inference."""
         self._prepared = {}

@@ -169,36 +169,58 @@ class ElmoBiLM(nn.Module):
         self.bilm.set_initial_state(final)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``elmo_config.json`` and ``elmo_weights.pt`` (each atomically) into ``directory``."""
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: Optional[bool] = None
+                        ) -> None:
+        """Write ``elmo_config.json`` and the weights (each atomically) into ``directory``.
+
+        The weights are ``elmo_weights.safetensors`` when safetensors is installed (or
+        ``safe_serialization=True``), else ``elmo_weights.pt``; a ``.sha256`` of the file is
+        written beside it (see ``elmo.serialization``).
+        """
+        from elmo.serialization import save_weights
+
         os.makedirs(directory, exist_ok=True)
         self.config.save(os.path.join(directory, CONFIG_NAME))
-        path = os.path.join(directory, WEIGHTS_NAME)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
-        os.replace(tmp, path)
+        save_weights(self.state_dict(), directory, safe_serialization)
+
+    def push_to_hub(self, repo_id: str, *, revision: Optional[str] = None, private: Optional[bool] = None,
+                    commit_message: str = "Upload ELMo model", token: Optional[str] = None) -> str:
+        """Upload the ``save_pretrained`` folder to a model hub repository (extra ``[hub]``);
+        ``from_pretrained(repo_id, revision=...)`` reads it back. Returns the commit URL."""
+        from elmo.hub import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, revision=revision, private=private,
+                           commit_message=commit_message, token=token)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                        ) -> "ElmoBiLM":
-        """Load a model directory: ours (elmo_config.json + elmo_weights.pt) or the original
-        format (options.json + weights.hdf5 / a single *.hdf5)."""
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        *, revision: Optional[str] = None, sha256: Optional[str | dict] = None,
+                        cache: Optional[str] = None) -> "ElmoBiLM":
+        """Load a model: a local folder, an http(s) URL of one, a hub id (``org/name``, with
+        ``revision``) or a named release (``elmo.hub.RELEASES``); see ``elmo.hub``. The folder holds
+        ours (elmo_config.json + elmo_weights.safetensors or .pt) or the original format
+        (options.json + weights.hdf5 / a single *.hdf5). ``sha256`` is the weights file's
+        expected digest (checked on download)."""
+        from elmo.hub import resolve_model
+        from elmo.serialization import SAFETENSORS_NAME, find_weights, load_weights
         from elmo.weights import find_original_files, load_original
 
+        directory = resolve_model(directory, revision=revision, sha256=sha256, cache=cache)
         config_path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
             original = find_original_files(directory)
             if original is None:
                 raise FileNotFoundError(
-                    f"{directory}: no model found; expected {CONFIG_NAME} + {WEIGHTS_NAME} (this "
-                    "package's format) or options.json + a weights .hdf5 file (the original format)")
+                    f"{directory}: no model found; expected {CONFIG_NAME} + {SAFETENSORS_NAME} or "
+                    f"{WEIGHTS_NAME} (this package's format) or options.json + a weights .hdf5 file "
+                    "(the original format)")
             return load_original(*original)
         model = cls(ElmoConfig.load(config_path))
-        weights = os.path.join(directory, WEIGHTS_NAME)
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"{directory}: {CONFIG_NAME} is there but {WEIGHTS_NAME} is missing")
-        state = torch.load(weights, map_location=map_location, weights_only=True)
-        model.load_state_dict(state, strict=True)
+        weights = find_weights(directory)
+        if weights is None:
+            raise FileNotFoundError(f"{directory}: {CONFIG_NAME} is there but the weights "
+                                    f"({SAFETENSORS_NAME} or {WEIGHTS_NAME}) are missing")
+        model.load_state_dict(load_weights(weights, map_location), strict=True)
         return model
 
 

@@ -116,7 +116,11 @@ def read_options(options_file: str | os.PathLike) -> ElmoConfig:
 
 
 def load_original(options_file: str | os.PathLike, weight_file: str | os.PathLike) -> ElmoBiLM:
-    """Build an ``ElmoBiLM`` from the original ``options.json`` and weights HDF5."""
+    """Build an ``ElmoBiLM`` from the original ``options.json`` and weights HDF5 (local paths,
+    or http(s) URLs: downloaded and cached by ``elmo.hub.resolve_file``)."""
+    from elmo.hub import resolve_file
+
+    options_file, weight_file = resolve_file(options_file), resolve_file(weight_file)
     config = read_options(options_file)
     if not os.path.isfile(weight_file):
         raise FileNotFoundError(f"weight file not found: {weight_file}")

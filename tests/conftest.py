@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # nothing in the tests may reach a hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
 
 import pytest
 import torch

@@ -1,12 +1,13 @@
 """Recurrent cells for the biLM beyond the original LSTM, and recurrent regularizers.
 
-Every cell is one direction of one biLM layer with the interface of ``elmo.lstm.LstmProjection``
-(see ``elmo.cells.base``): packed time-major inputs, a per-row final state, stored initial state
-buffers and an output projected to the biLM's size P. The biLM stacks them, runs them in both
+Every cell is one direction of one biLM layer with the interface of ``elmo.cells.base``: packed
+time-major inputs, a per-row final state, stored initial state buffers and an output projected
+to the biLM's size P. The stepped cells (all but SRU and QRNN) only say how one step updates
+their state; one packed time loop (``SteppedLayer.forward``) runs them all. The biLM stacks them, runs them in both
 directions and handles padding and stateful use, so a cell is chosen by one config field,
 ``BiLMConfig.cell``:
 
-    lstm            the original cell (elmo.lstm.LstmProjection; elmo.cells.lstm with regularizers)
+    lstm            the original cell (elmo.lstm.Lstm; fused in elmo.kernels when plain)
     elman           Elman 1990                     jordan          Jordan 1986
     gru             Cho et al. 2014                peephole        Gers & Schmidhuber 2000
     cifg            Greff et al. 2017              residual-lstm   Kim et al. 2017 / Prakash et al. 2016
@@ -27,7 +28,6 @@ from elmo.cells.cifg import CifgLstm
 from elmo.cells.elman import Elman
 from elmo.cells.gru import Gru
 from elmo.cells.jordan import Jordan
-from elmo.cells.lstm import Lstm
 from elmo.cells.peephole import PeepholeLstm
 from elmo.cells.qrnn import Qrnn
 from elmo.cells.regularizers import KINDS, DropoutMasks
@@ -35,7 +35,7 @@ from elmo.cells.residual_lstm import ResidualLstm
 from elmo.cells.rhn import Rhn
 from elmo.cells.sru import Sru
 from elmo.config import CELLS, BiLMConfig
-from elmo.lstm import LstmProjection
+from elmo.lstm import Lstm
 
 
 def make_layer(config: BiLMConfig, input_dim: int) -> nn.Module:
@@ -47,8 +47,6 @@ def make_layer(config: BiLMConfig, input_dim: int) -> nn.Module:
     deep = dict(transition_depth=config.transition_depth)
     cell = config.cell
     if cell == "lstm":
-        if config.recurrent_dropout_kind is None and config.transition_depth == 1:
-            return LstmProjection(input_dim, H, P, config.cell_clip, config.proj_clip)
         return Lstm(input_dim, H, P, **options, **deep)
     elif cell == "elman":
         return Elman(input_dim, H, P, **options, **deep)

@@ -1,7 +1,8 @@
 """What every recurrent layer of the biLM shares: the layer interface, state buffers, dropout masks
 and the packed time loop.
 
-The interface (the one ``elmo.lstm.LstmProjection`` defines, so the biLM can stack any cell):
+The interface (of every cell, the original LSTM ``elmo.lstm.Lstm`` included, so the biLM can
+stack any of them):
 
     forward(inputs (T, B, in), batch_sizes: T non-increasing ints, state: tuple of (B, size) or None,
             masks: DropoutMasks or None) -> (outputs (T, B, P), final_state tuple)
@@ -73,11 +74,11 @@ class RecurrentLayer(nn.Module):
             self.register_buffer(f"initial_{state_name}", torch.zeros(size))
 
     # -- parameters and dtypes ------------------------------------------------------------------
-    # Matrices are stored (in, out), as in elmo.lstm: ``x @ W`` against a contiguous right-hand
-    # side is the fast case for the skinny per-step products on CPU.
+    # Matrices are stored (in, out), as in the original files: ``x @ W`` against a contiguous
+    # right-hand side is the fast case for the skinny per-step products on CPU.
     @staticmethod
     def init_uniform(*weights: torch.Tensor) -> None:
-        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for (in, out) matrices, as ``LstmProjection``."""
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for (in, out) matrices."""
         for w in weights:
             bound = w.shape[-2] ** -0.5
             nn.init.uniform_(w, -bound, bound)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from elmo.cells.lstm import Lstm
+from elmo.lstm import Lstm
 
 
 class CifgLstm(Lstm):
     n_gates = 3  # (f, o, g)
+    runs_fused = False  # its own step, in the packed loop
     forget_block = 0  # gets FORGET_BIAS at run time, as the LSTM's
 
     def step(self, xp, state, state_mask, update_mask):

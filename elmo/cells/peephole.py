@@ -18,10 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from elmo.cells.lstm import Lstm
+from elmo.lstm import Lstm
 
 
 class PeepholeLstm(Lstm):
+    runs_fused = False  # its own step, in the packed loop
+
     def __init__(self, input_dim: int, hidden_dim: int, projection_dim: int, **options) -> None:
         super().__init__(input_dim, hidden_dim, projection_dim, **options)
         self.peephole = nn.Parameter(torch.empty(3, hidden_dim))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from elmo.cells.base import SteppedLayer
-from elmo.cells.lstm import forget_bias_added
+from elmo.lstm import forget_bias_added
 
 
 class ResidualLstm(SteppedLayer):

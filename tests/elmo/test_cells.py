@@ -205,14 +205,12 @@ def make(cell, kind=None, rate=0.0, depth=1, in_dim=IN, hidden=H, proj=P, clips=
 
 
 def state_sizes(layer):
-    if isinstance(layer, LstmProjection):
-        return (layer.projection_dim, layer.hidden_dim)
     return layer.state_sizes
 
 
 def mask_kwargs(layer, masks):
-    """LstmProjection (the original cell) has no dropout masks."""
-    return {} if isinstance(layer, LstmProjection) else {"masks": masks}
+    """Every cell, the original LSTM included, takes the masks of a training call."""
+    return {"masks": masks}
 
 
 def inputs_and_state(layer, lengths, scale=1.5):
@@ -321,7 +319,7 @@ def test_gradcheck(cell, kind):
     layer = make(cell, kind=kind, rate=0.3 if kind else 0.0, in_dim=3, hidden=3, proj=2,
                  depth=2 if cell in ("elman", "rhn") else 1, clips=(None, None))
     layer.train()
-    masks = None if isinstance(layer, LstmProjection) else layer.sample_masks(3, 2)
+    masks = layer.sample_masks(3, 2)
     x, state = inputs_and_state(layer, lengths, scale=0.7)
     bs = batch_sizes_from_lengths(lengths)
     names = [n for n, _ in layer.named_parameters()]

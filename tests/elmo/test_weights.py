@@ -10,6 +10,7 @@ import torch
 
 from elmo import ElmoBiLM, batch_to_ids, load_original, save_original
 from elmo.config import ElmoConfig
+from elmo.serialization import find_weights, have_safetensors
 
 SENTENCES = [["Weights", "round", "trip", "."], ["ok"]]
 
@@ -51,7 +52,8 @@ def test_fixture_weights_survive_a_save_load_cycle(tmp_path, reference_dir):
 def test_our_format_round_trip(tmp_path, tiny_config):
     model = ElmoBiLM(tiny_config)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(os.listdir(tmp_path / "m")) == ["elmo_config.json", "elmo_weights.pt"]
+    weights = "elmo_weights.safetensors" if have_safetensors() else "elmo_weights.pt"
+    assert sorted(os.listdir(tmp_path / "m")) == ["elmo_config.json", weights, weights + ".sha256"]
     loaded = ElmoBiLM.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     for a, b in zip(_outputs(model), _outputs(loaded)):
@@ -101,7 +103,8 @@ def test_missing_files(tmp_path, tiny_config):
     shutil.copy(tmp_path / "options.json", tmp_path / "m.json")
     (tmp_path / "d").mkdir()
     ElmoBiLM(tiny_config).save_pretrained(tmp_path / "d")
-    os.remove(tmp_path / "d" / "elmo_weights.pt")
-    with pytest.raises(FileNotFoundError, match="elmo_weights.pt is missing"):
+    os.remove(find_weights(tmp_path / "d"))
+    with pytest.raises(FileNotFoundError, match=r"weights \(elmo_weights.safetensors or elmo_weights.pt\) "
+                                                "are missing"):
         ElmoBiLM.from_pretrained(tmp_path / "d")
     assert ElmoConfig.load(tmp_path / "d" / "elmo_config.json") == tiny_config

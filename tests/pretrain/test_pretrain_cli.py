@@ -13,6 +13,7 @@ from elmo import ElmoBiLM, batch_to_ids, load_original
 from pretrain.cli import export_main, main
 from pretrain.config import PretrainConfig
 from pretrain_util import single_thread, tiny_pretrain_config, toy_sentences, write_lines  # noqa: F401
+from elmo.serialization import find_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -35,8 +36,9 @@ def trained(tmp_path_factory):
 def test_the_run_directory(trained):
     root, out, _ = trained
     for name in ("pretrain_config.json", "vocab.txt", "metrics.jsonl", "results.json",
-                 "elmo_config.json", "elmo_weights.pt", "lm_softmax.pt", "curves.png"):
+                 "elmo_config.json", "lm_softmax.pt", "curves.png"):
         assert (out / name).is_file(), name
+    assert find_weights(out) is not None  # elmo_weights.safetensors (or .pt without safetensors)
     assert sorted(os.listdir(out / "checkpoints")) == ["step-000000004.pt", "step-000000006.pt"]
     config = PretrainConfig.load(out / "pretrain_config.json")
     assert config.train.max_steps == 6 and config.train.max_tokens is None

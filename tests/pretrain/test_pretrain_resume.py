@@ -10,6 +10,7 @@ import torch
 from pretrain.checkpoint import list_checkpoints
 from pretrain.run import run
 from pretrain_util import single_thread, tiny_pretrain_config, toy_sentences, write_lines  # noqa: F401
+from elmo.serialization import find_weights, load_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -56,8 +57,8 @@ def test_resume_follows_the_same_loss_curve(tmp_path, mode, streaming):
     for step in full:
         assert abs(full[step] - part[step]) < 1e-6, (step, full[step], part[step])
 
-    a_weights = torch.load(tmp_path / "a" / "elmo_weights.pt", weights_only=True)
-    b_weights = torch.load(os.path.join(b, "elmo_weights.pt"), weights_only=True)
+    a_weights = load_weights(find_weights(tmp_path / "a"))
+    b_weights = load_weights(find_weights(b))
     for k in a_weights:
         torch.testing.assert_close(a_weights[k], b_weights[k], rtol=0, atol=1e-6)
     # The metrics log holds each step once, as if the run had never stopped.
