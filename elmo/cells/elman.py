@@ -6,6 +6,9 @@ feeds back into itself.
 
 State: (h (B, H),). There is no separate candidate update, so semeniuta dropout does not apply;
 variational dropout masks h_{t-1} in the product with U, zoneout acts on h.
+
+Jordan's network (``elmo.cells.jordan``) is the same layer with the output fed back instead of
+the hidden layer (``feeds_back_output``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from elmo.cells.base import SteppedLayer
 
 class Elman(SteppedLayer):
     state_names = ("h",)
+    feeds_back_output = False  # Jordan: the state is y_t (P), not h_t (H)
 
     def __init__(self, input_dim: int, hidden_dim: int, projection_dim: int, **options) -> None:
-        super().__init__(input_dim, hidden_dim, projection_dim, (hidden_dim,),
-                         recurrent_dim=hidden_dim, update_dim=None, **options)
+        R = projection_dim if self.feeds_back_output else hidden_dim  # the state's size
+        super().__init__(input_dim, hidden_dim, projection_dim, (R,),
+                         recurrent_dim=R, update_dim=None, **options)
         self.input_weight = nn.Parameter(torch.empty(input_dim, hidden_dim))  # W
         self.input_bias = nn.Parameter(torch.empty(hidden_dim))  # b
-        self.state_weight = nn.Parameter(torch.empty(hidden_dim, hidden_dim))  # U
+        self.state_weight = nn.Parameter(torch.empty(R, hidden_dim))  # U
         self.projection_weight = nn.Parameter(torch.empty(hidden_dim, projection_dim))  # W_p
         self.reset_parameters()
 
@@ -38,7 +43,9 @@ class Elman(SteppedLayer):
 
     def step(self, xp, state, state_mask, update_mask):
         r = self.recurrent_input(state[0], state_mask)
-        return (torch.tanh(self.addmm(xp, r, self.state_weight)),)
+        h = torch.tanh(self.addmm(xp, r, self.state_weight))  # (n, H)
+        return (self.project(h),) if self.feeds_back_output else (h,)
 
     def readout(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.project(seq)  # (T, B, P)
+        # Elman: project every step's h at once; Jordan: the state already is the output.
+        return seq if self.feeds_back_output else self.project(seq)  # (T, B, P)

@@ -5,42 +5,16 @@ Approach"): the recurrent input is the previous *output*, not the hidden layer.
     y_t = clip(h_t W_p, +-proj_clip)          (W_p: H -> P)
 
 The output layer is linear (clipped), like the LSTM's projection, since it feeds the next layer
-and the softmax. State: (y (B, P),). Semeniuta dropout does not apply (no separate candidate);
-variational dropout masks y_{t-1} in the product with U, zoneout acts on y.
+and the softmax. State: (y (B, P),), so U is (P, H). Semeniuta dropout does not apply (no
+separate candidate); variational dropout masks y_{t-1} in the product with U, zoneout acts on y.
+Everything else is Elman's network (``elmo.cells.elman``).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from elmo.cells.base import SteppedLayer
+from elmo.cells.elman import Elman
 
 
-class Jordan(SteppedLayer):
+class Jordan(Elman):
     state_names = ("y",)
-
-    def __init__(self, input_dim: int, hidden_dim: int, projection_dim: int, **options) -> None:
-        super().__init__(input_dim, hidden_dim, projection_dim, (projection_dim,),
-                         recurrent_dim=projection_dim, update_dim=None, **options)
-        self.input_weight = nn.Parameter(torch.empty(input_dim, hidden_dim))  # W
-        self.input_bias = nn.Parameter(torch.empty(hidden_dim))  # b
-        self.state_weight = nn.Parameter(torch.empty(projection_dim, hidden_dim))  # U
-        self.projection_weight = nn.Parameter(torch.empty(hidden_dim, projection_dim))  # W_p
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.init_uniform(self.input_weight, self.state_weight, self.projection_weight)
-        nn.init.zeros_(self.input_bias)
-        self.reset_transition()
-
-    def precompute(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x, self.input_weight, self.input_bias)  # (T, B, H): one matmul
-
-    def step(self, xp, state, state_mask, update_mask):
-        r = self.recurrent_input(state[0], state_mask)
-        h = torch.tanh(self.addmm(xp, r, self.state_weight))  # (n, H)
-        return (self.project(h),)
-
-    def readout(self, seq: torch.Tensor) -> torch.Tensor:
-        return seq  # y_t is already the output
+    feeds_back_output = True
