@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elmo.chars import PADDING_CHAR
+from elmo.chars import PADDING_CHAR, TokenBatch
 from elmo.config import CharCNNConfig
 
 PADDING_ID = PADDING_CHAR + 1  # the padding character after the +1 shift
@@ -63,6 +63,8 @@ class CharCNN(nn.Module):
         and the projection run on all tokens at once.
         """
         N = char_ids.shape[0]
+        if N == 0:
+            return self.projection.weight.new_zeros((0, self.output_dim))
         if N < 64:
             features = self.convolve(self.trim_characters(char_ids))
         else:
@@ -99,26 +101,24 @@ class CharCNN(nn.Module):
         # it after pooling equals the original's conv -> activation -> max.
         return torch.relu(x) if self.config.activation == "relu" else torch.tanh(x)
 
-    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """char_ids (B, T, C) -> (B, T, output_dim); zeros where a token is all padding.
+    def forward(self, inputs: TokenBatch | torch.Tensor) -> torch.Tensor:
+        """A ``TokenBatch`` (or plain char ids (B, T, C)) -> (B, T, output_dim); zeros where there
+        is no token. Each distinct token is encoded once (``encode_tokens``) and gathered into
+        place: the same result as encoding every position over all C characters."""
+        if isinstance(inputs, torch.Tensor):
+            if inputs.dim() != 3 or inputs.shape[-1] != self.config.max_characters_per_token:
+                raise ValueError(f"char_ids must be (batch, tokens, {self.config.max_characters_per_token}), "
+                                 f"got {tuple(inputs.shape)}")
+            inputs = TokenBatch.from_char_ids(inputs)
+        return self.embed(self.encode_tokens(inputs.token_chars), inputs)
 
-        Each distinct token of the batch is encoded once (see ``encode_tokens``): the same
-        result as encoding every position over all C characters.
-        """
-        if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.max_characters_per_token:
-            raise ValueError(f"char_ids must be (batch, tokens, {self.config.max_characters_per_token}), "
-                             f"got {tuple(char_ids.shape)}")
-        B, T, C = char_ids.shape
-        flat = char_ids.reshape(B * T, C)
-        real = (flat > 0).any(dim=-1)  # (B*T,)
-        out = torch.zeros((B * T, self.output_dim), device=char_ids.device,
-                          dtype=self.projection.weight.dtype)
-        if bool(real.any()):
-            rows = real.nonzero().squeeze(1)
-            unique, inverse = torch.unique(flat[rows], dim=0, return_inverse=True)  # (U, C), (N,)
-            encoded = self.encode_tokens(unique)  # (U, output_dim)
-            out = out.index_put((rows,), encoded[inverse])
-        return out.reshape(B, T, self.output_dim)
+    def embed(self, vectors: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
+        """Vectors of the distinct tokens (U, D) -> (B, T, D) at ``tokens.index``, zero where -1."""
+        B, T = tokens.index.shape
+        if vectors.shape[0] == 0:
+            return vectors.new_zeros((B, T, vectors.shape[-1]))
+        out = vectors[tokens.index.clamp(min=0)]  # (B, T, D)
+        return out.masked_fill(~tokens.mask.unsqueeze(-1), 0.0)
 
     def trim_characters(self, char_ids: torch.Tensor) -> torch.Tensor:
         """Drop trailing character positions that cannot change the max-pooled features.

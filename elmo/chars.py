@@ -8,12 +8,17 @@ which is why the inference vocabulary has 262 character ids.
 
 The sentence boundary tokens are one-character words: ``<S>`` is [bow, 256, eow, pad, ...] and
 ``</S>`` is [bow, 257, eow, pad, ...]; the literal strings "<S>" and "</S>" map to them too.
+
+A batch of sentences is a ``TokenBatch``: the character ids of each distinct token once
+(U, 50) and, at every position, the row of its token (B, T), -1 where there is none. The model
+encodes each distinct token once and gathers the vectors into place. ``batch_to_tokens`` builds
+one from text; ``TokenBatch.from_char_ids`` from the plain (B, T, 50) ids of ``batch_to_ids``.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +73,17 @@ def bos_eos_char_ids(max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN) -
             _special_word(END_SENTENCE_CHAR, max_characters_per_token))
 
 
+def _check_sentences(sentences: Sequence[Sequence[str]]) -> list:
+    if isinstance(sentences, str):
+        raise TypeError("expected a list of tokenized sentences (list[list[str]]), got a str")
+    sentences = list(sentences)
+    for i, s in enumerate(sentences):
+        if isinstance(s, str):
+            raise TypeError(
+                f"sentence {i} is a str ({s[:40]!r}); pass tokens, e.g. sentence.split()")
+    return sentences
+
+
 def batch_to_ids(
     sentences: Sequence[Sequence[str]],
     max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN,
@@ -78,13 +94,7 @@ def batch_to_ids(
     Rows of shorter sentences are padded with all-zero tokens (the mask). Boundary tokens are not
     added here: the model adds them. ``min_length`` pads the token axis to at least that length.
     """
-    if isinstance(sentences, str):
-        raise TypeError("batch_to_ids expects a list of tokenized sentences (list[list[str]]), got a str")
-    sentences = list(sentences)
-    for i, s in enumerate(sentences):
-        if isinstance(s, str):
-            raise TypeError(
-                f"sentence {i} is a str ({s[:40]!r}); pass tokens, e.g. sentence.split()")
+    sentences = _check_sentences(sentences)
     max_len = max([len(s) for s in sentences] + [min_length])
     out = np.zeros((len(sentences), max_len, max_characters_per_token), dtype=np.int64)
     for i, sentence in enumerate(sentences):
@@ -93,3 +103,85 @@ def batch_to_ids(
                 raise TypeError(f"sentence {i}, token {j}: expected str, got {type(word).__name__}")
             out[i, j] = _word_ids(word, max_characters_per_token)
     return torch.from_numpy(out)
+
+
+class TokenBatch(NamedTuple):
+    """Sentences as their distinct tokens' character ids and an index into them.
+
+    ``token_chars`` (U, C) long: the character ids of each distinct token, no all-zero row;
+    ``index`` (B, T) long: the row of ``token_chars`` at each position, -1 where there is no token.
+    ``token_chars[index]`` at the real positions is what ``batch_to_ids`` gives. Sentence
+    boundaries are not in it unless the producer put them there (the pretraining windows do);
+    the model adds them (``elmo.model.add_sentence_boundaries``).
+    """
+
+    token_chars: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T) bool: True where there is a token."""
+        return self.index >= 0
+
+    def char_ids(self) -> torch.Tensor:
+        """The plain (B, T, C) character ids, all zero where there is no token."""
+        if self.token_chars.shape[0] == 0:
+            return self.token_chars.new_zeros((*self.index.shape, self.token_chars.shape[1]))
+        ids = self.token_chars[self.index.clamp(min=0)]  # (B, T, C)
+        return ids.masked_fill(~self.mask.unsqueeze(-1), 0)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenBatch":
+        return TokenBatch(self.token_chars.to(device, non_blocking=non_blocking),
+                          self.index.to(device, non_blocking=non_blocking))
+
+    @classmethod
+    def from_char_ids(cls, char_ids: torch.Tensor) -> "TokenBatch":
+        """(B, T, C) ids (0 rows = no token) -> the distinct rows (sorted, as ``torch.unique``)."""
+        if char_ids.dim() != 3:
+            raise ValueError(f"char_ids must be (batch, tokens, characters), got {tuple(char_ids.shape)}")
+        B, T, C = char_ids.shape
+        flat = char_ids.reshape(B * T, C)
+        real = (flat > 0).any(dim=-1)  # (B*T,)
+        index = torch.full((B * T,), -1, dtype=torch.long, device=char_ids.device)
+        if not bool(real.any()):
+            return cls(flat[:0].long(), index.view(B, T))
+        rows = real.nonzero().squeeze(1)
+        unique, inverse = torch.unique(flat[rows], dim=0, return_inverse=True)  # (U, C), (N,)
+        return cls(unique.long(), index.index_put((rows,), inverse).view(B, T))
+
+
+def distinct_tokens(sentences: Sequence[Sequence[str]], min_length: int = 0
+                    ) -> tuple[list[str], np.ndarray]:
+    """Tokenized sentences -> (the distinct tokens, in order of first appearance; the index
+    (B, T) int64 of each position into them, -1 past a sentence's end)."""
+    sentences = _check_sentences(sentences)
+    T = max([len(s) for s in sentences] + [min_length])
+    rows: dict[str, int] = {}
+    index = np.full((len(sentences), T), -1, dtype=np.int64)
+    for i, sentence in enumerate(sentences):
+        for j, word in enumerate(sentence):
+            if not isinstance(word, str):
+                raise TypeError(f"sentence {i}, token {j}: expected str, got {type(word).__name__}")
+            index[i, j] = rows.setdefault(word, len(rows))
+    return list(rows), index
+
+
+def words_to_char_ids(words: Sequence[str], max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN
+                      ) -> torch.Tensor:
+    """Distinct words -> their character ids (len(words), max_characters_per_token) long."""
+    chars = np.zeros((len(words), max_characters_per_token), dtype=np.int64)
+    for k, word in enumerate(words):
+        chars[k] = _word_ids(word, max_characters_per_token)
+    return torch.from_numpy(chars)
+
+
+def batch_to_tokens(
+    sentences: Sequence[Sequence[str]],
+    max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN,
+    min_length: int = 0,
+) -> TokenBatch:
+    """Tokenized sentences -> ``TokenBatch``: each distinct string encoded once, in order of first
+    appearance; padding positions (up to the longest sentence or ``min_length``) have index -1.
+    The model input equivalent to ``batch_to_ids`` (boundary tokens are added by the model)."""
+    words, index = distinct_tokens(sentences, min_length)
+    return TokenBatch(words_to_char_ids(words, max_characters_per_token), torch.from_numpy(index))

@@ -28,9 +28,9 @@ import h5py
 import numpy as np
 import torch
 
-from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_ids
-from elmo.model import ElmoBiLM, add_sentence_boundaries
-from elmo.scalar_mix import ScalarMix
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, TokenBatch, distinct_tokens, words_to_char_ids
+from elmo.model import ElmoBiLM
+from elmo.scalar_mix import ScalarMix, weighted_sum
 
 logger = logging.getLogger(__name__)
 
@@ -101,34 +101,27 @@ class Embedder:
         Returns the number of cached words. Tokens outside the list are still encoded on the fly.
         """
         words = list(dict.fromkeys([BOS_TOKEN, EOS_TOKEN, *words]))
-        chunks = []
-        for start in range(0, len(words), batch_size):
-            ids = batch_to_ids([[w] for w in words[start : start + batch_size]]).to(self.device)
-            chunks.append(self.model.char_cnn(ids)[:, 0])  # (n, P)
+        chunks = [self.model.char_cnn.encode_tokens(
+                      words_to_char_ids(words[start : start + batch_size]).to(self.device))
+                  for start in range(0, len(words), batch_size)]
         self._vocab = {w: i for i, w in enumerate(words)}
         self._vocab_vectors = torch.cat(chunks)
         return len(words)
 
-    def _token_vectors(self, sentences: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sentences -> token vectors with <S>/</S> (B, T+2, P) and mask (B, T+2)."""
+    def _inputs(self, sentences: Sequence[Sequence[str]]) -> tuple[TokenBatch, Optional[torch.Tensor]]:
+        """Sentences -> the model's ``TokenBatch`` and, with a vocabulary cache, the vectors of
+        its distinct tokens (cached rows looked up, the others encoded now)."""
+        words, index = distinct_tokens(sentences)
+        tokens = TokenBatch(words_to_char_ids(words), torch.from_numpy(index)).to(self.device)
         if self._vocab_vectors is None:
-            ids = batch_to_ids(sentences).to(self.device)
-            ids, mask = add_sentence_boundaries(ids, self.model.bos_ids, self.model.eos_ids)
-            return self.model.char_cnn(ids), mask
-        vocab, table = self._vocab, self._vocab_vectors
-        B, T = len(sentences), max((len(s) for s in sentences), default=0) + 2
-        oov = sorted({w for s in sentences for w in s if w not in vocab})
-        oov_index = {w: len(table) + 1 + i for i, w in enumerate(oov)}
-        if oov:
-            table = torch.cat([table, self.model.char_cnn(batch_to_ids([oov]).to(self.device))[0]])
-        # Row 0 of the lookup table is the zero vector of padding positions.
-        table = torch.cat([table.new_zeros((1, table.shape[1])), table])
-        index = np.zeros((B, T), dtype=np.int64)
-        for b, s in enumerate(sentences):
-            words = [BOS_TOKEN, *s, EOS_TOKEN]
-            index[b, : len(words)] = [vocab[w] + 1 if w in vocab else oov_index[w] for w in words]
-        index_t = torch.from_numpy(index).to(self.device)
-        return table[index_t], index_t > 0
+            return tokens, None
+        rows = torch.tensor([self._vocab.get(w, -1) for w in words], dtype=torch.long, device=self.device)
+        known = rows >= 0
+        vectors = self._vocab_vectors.new_empty((len(words), self._vocab_vectors.shape[1]))
+        vectors[known] = self._vocab_vectors[rows[known]]
+        if not bool(known.all()):
+            vectors[~known] = self.model.char_cnn.encode_tokens(tokens.token_chars[~known])
+        return tokens, vectors
 
     # -- embedding ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -137,10 +130,10 @@ class Embedder:
         sentences = [_check_sentence(s, i) for i, s in enumerate(sentences)]
         if not sentences:
             return []
-        tokens, mask = self._token_vectors(sentences)
-        layers = torch.stack(self.model.contextualize(tokens, mask).layers, 1)  # (B, L+1, T+2, 2P)
+        tokens, vectors = self._inputs(sentences)
+        layers = torch.stack(self.model(tokens, token_vectors=vectors).layers, 1)  # (B, L+1, T, 2P)
         layers = layers.float().cpu().numpy()
-        return [layers[b, :, 1 : len(s) + 1] for b, s in enumerate(sentences)]
+        return [layers[b, :, : len(s)] for b, s in enumerate(sentences)]
 
     def embed_sentence(self, sentence: Sequence[str], output: Output = "all") -> np.ndarray:
         """One tokenized sentence -> (L+1, n, 2P) for "all", else (n, 2P)."""
@@ -234,10 +227,13 @@ def _select(layers: np.ndarray, output: Output) -> np.ndarray:
             return layers.mean(axis=0)
         raise ValueError(f"output must be one of {OUTPUT_FORMATS}, a ScalarMix or a list of "
                          f"layer weights, got {output!r}")
+    x = torch.from_numpy(layers)  # (L+1, n, D)
     if isinstance(output, ScalarMix):
-        weights = (output.weights() * output.gamma).detach().float().cpu().numpy()
-    else:
-        weights = np.asarray(output, dtype=np.float32)
+        device = output.gamma.device
+        mask = torch.ones((1, x.shape[1]), dtype=torch.bool, device=device)
+        with torch.no_grad():
+            return output(x.unsqueeze(1).to(device), mask)[0].float().cpu().numpy()
+    weights = torch.as_tensor(np.asarray(output, dtype=np.float32))
     if weights.shape != (layers.shape[0],):
-        raise ValueError(f"a mix needs {layers.shape[0]} layer weights, got {weights.shape}")
-    return np.tensordot(weights, layers, axes=1)
+        raise ValueError(f"a mix needs {layers.shape[0]} layer weights, got {tuple(weights.shape)}")
+    return weighted_sum(x, weights).numpy()

@@ -1,17 +1,26 @@
 """ELMo: deep contextualized word representations (Peters et al. 2018).
 
-Data flow, with shapes (B sentences, T tokens, C = 50 characters, P = projection size):
+Data flow, with shapes (B sentences, T tokens, U distinct tokens, C = 50 characters,
+P = projection size):
 
-    list[list[str]] --batch_to_ids--> char ids (B, T, C)
-      --add <S>, </S>-->               (B, T+2, C)
-      --CharCNN-->                     token vectors (B, T+2, P)
+    list[list[str]] --batch_to_tokens--> TokenBatch: chars (U, C), index (B, T)
+                    (or --batch_to_ids--> plain char ids (B, T, C), deduplicated the same way)
+      --add <S>, </S>-->               index (B, T+2), chars (U+2, C)
+      --CharCNN-->                     one vector per distinct token (U+2, P), gathered (B, T+2, P)
       --BiLM (n_layers x fwd/bwd)-->   n_layers tensors (B, T+2, 2P)
     layers = [char; char] + BiLM layers: L+1 tensors (B, T+2, 2P)
-      --strip <S>, </S>-->             L+1 tensors (B, T, 2P), mask (B, T)
+      --strip <S>, </S>-->             ElmoOutput: L+1 tensors (B, T, 2P), mask (B, T)
       --ScalarMix (one per task)-->    (B, T, 2P)
 
-``ElmoBiLM`` is the pretrained part (char encoder + biLM) and is what weight files hold.
-``Elmo`` adds dropout and any number of learned scalar mixes on top, for task models.
+One name per part of the model:
+
+* ``elmo.bilm.BiLM``: the forward and backward LSTM stacks only (token vectors -> layers).
+* ``ElmoBiLM``: the pretrained model, character CNN + ``BiLM``; what weight files hold and the
+  one entrance every consumer calls (the featurizer, the layer cache, the task heads, the
+  pretraining LM). The sentence boundaries are added and removed here and nowhere else.
+* ``Elmo``: ``ElmoBiLM`` plus learned scalar mixes and dropout, for task models.
+* ``pretrain.lm.BidirectionalLM``: ``ElmoBiLM`` plus the softmax, for pretraining.
+
 A checkpoint of ours is a directory with ``elmo_config.json`` and ``elmo_weights.pt`` (a
 ``state_dict``); the original format is ``options.json`` + ``weights.hdf5`` (see ``weights.py``).
 """
@@ -21,12 +30,13 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from elmo.bilm import BiLM, BiLMState, detach_state, map_state
 from elmo.char_cnn import CharCNN, check_char_ids
-from elmo.chars import bos_eos_char_ids
+from elmo.chars import TokenBatch, bos_eos_char_ids
 from elmo.config import ElmoConfig
 from elmo.scalar_mix import ScalarMix
 
@@ -34,29 +44,40 @@ CONFIG_NAME = "elmo_config.json"
 WEIGHTS_NAME = "elmo_weights.pt"
 
 
-class BiLMOutput(NamedTuple):
-    layers: list  # L+1 tensors (B, T+2, 2P): [char; char], then each biLM layer [fwd; bwd]
-    mask: torch.Tensor  # (B, T+2) bool, True at <S>, the tokens and </S>
-    state: BiLMState  # final state of every row (see elmo.bilm)
-
-
 class ElmoOutput(NamedTuple):
-    representations: list  # one (B, T, 2P) tensor per requested scalar mix
-    mask: torch.Tensor  # (B, T) bool
-    layers: list  # the L+1 unmixed layers (B, T, 2P)
+    """What ``ElmoBiLM`` (and ``Elmo``) return.
+
+    ``layers``: L+1 tensors (B, T, 2P), float32: [char; char], then each biLM layer [fwd; bwd]
+    (T+2 positions with ``keep_boundaries`` or for inputs that hold their own boundaries);
+    ``mask`` (B, T) bool; ``state``: the final biLM state of every row (see ``elmo.bilm``);
+    ``representations``: the scalar mixes (B, T, 2P) of ``Elmo``, empty from ``ElmoBiLM``.
+    """
+
+    layers: list
+    mask: torch.Tensor
+    state: Optional[BiLMState] = None
+    representations: Sequence[torch.Tensor] = ()
 
 
-def add_sentence_boundaries(char_ids: torch.Tensor, bos: torch.Tensor, eos: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, C) ids -> (B, T+2, C) with <S> before and </S> after each row's tokens; mask (B, T+2)."""
-    B, T, C = char_ids.shape
-    lengths = (char_ids > 0).any(-1).sum(-1)  # (B,)
-    out = char_ids.new_zeros((B, T + 2, C))
-    out[:, 1 : T + 1] = char_ids
-    out[:, 0] = bos
-    out[torch.arange(B, device=char_ids.device), lengths + 1] = eos
-    mask = torch.arange(T + 2, device=char_ids.device).unsqueeze(0) < (lengths + 2).unsqueeze(1)
-    return out, mask
+BiLMOutput = ElmoOutput  # the former name of ElmoBiLM's output, kept importable
+
+
+def add_sentence_boundaries(tokens: TokenBatch, boundary_chars: torch.Tensor) -> TokenBatch:
+    """(B, T) positions -> (B, T+2) with <S> before and </S> after each row's tokens.
+
+    ``boundary_chars`` (2, C) are the ids of <S> and </S>; they become the last two rows of
+    ``token_chars`` (which is where ``torch.unique`` would sort them too).
+    """
+    index = tokens.index
+    B, T = index.shape
+    U = tokens.token_chars.shape[0]
+    lengths = (index >= 0).sum(-1)  # (B,)
+    out = index.new_full((B, T + 2), -1)
+    out[:, 1 : T + 1] = index
+    out[:, 0] = U
+    out[torch.arange(B, device=index.device), lengths + 1] = U + 1
+    chars = torch.cat([tokens.token_chars, boundary_chars.to(tokens.token_chars.dtype)])
+    return TokenBatch(chars, out)
 
 
 def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +89,7 @@ def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> tuple[tor
 
 
 class ElmoBiLM(nn.Module):
-    """Character encoder + bidirectional LM: char ids -> the L+1 ELMo layers.
+    """Character encoder + bidirectional LM: token batches -> the L+1 ELMo layers.
 
     Stateless by default: every batch starts from the model's fixed initial state (zeros unless a
     warm state was stored), so a sentence's layers do not depend on its batch. With
@@ -82,8 +103,7 @@ class ElmoBiLM(nn.Module):
         self.char_cnn = CharCNN(config.char_cnn, config.bilm.projection_dim)
         self.bilm = BiLM(config.bilm)
         bos, eos = bos_eos_char_ids(config.char_cnn.max_characters_per_token)
-        self.register_buffer("bos_ids", torch.from_numpy(bos.copy()), persistent=False)
-        self.register_buffer("eos_ids", torch.from_numpy(eos.copy()), persistent=False)
+        self.register_buffer("boundary_chars", torch.from_numpy(np.stack([bos, eos])), persistent=False)
         self.stateful = False
         self._state: Optional[BiLMState] = None
 
@@ -99,37 +119,71 @@ class ElmoBiLM(nn.Module):
         """Forget the carried state of ``stateful`` mode."""
         self._state = None
 
-    def forward(self, char_ids: torch.Tensor, state: Optional[BiLMState] = None,
-                add_boundaries: bool = True, dropout: float = 0.0) -> BiLMOutput:
-        """char_ids (B, T, C) from ``batch_to_ids`` -> ``BiLMOutput`` with T+2 positions.
+    def forward(self, inputs: TokenBatch | torch.Tensor, state: Optional[BiLMState] = None, *,
+                add_boundaries: bool = True, keep_boundaries: bool = False, dropout: float = 0.0,
+                token_vectors: Optional[torch.Tensor] = None) -> ElmoOutput:
+        """A ``TokenBatch`` (``batch_to_tokens``) or char ids (B, T, C) (``batch_to_ids``) ->
+        ``ElmoOutput`` with L+1 layers (B, T, 2P) and the mask (B, T).
 
-        ``state`` overrides the initial state (rows in batch order); ``add_boundaries=False`` takes
-        ids that already hold their sentence tokens (pretraining windows). ``dropout`` is applied
-        to each biLM layer's input in training mode.
+        <S> and </S> are added around each row's tokens and removed from the outputs, unless
+        ``keep_boundaries`` (then T+2 positions, mask (B, T+2)). ``add_boundaries=False`` takes
+        inputs that hold their own sentence tokens (pretraining windows) and returns every position
+        as given. ``state`` overrides the initial state (rows in batch order). ``dropout`` is
+        applied to each biLM layer's input in training mode. ``token_vectors`` (U, P), the
+        character encoder's output for the rows of ``inputs.token_chars`` when already known (the
+        featurizer's vocabulary cache), skips the character CNN for those tokens.
+
+        Character ids outside the embedding table raise a ``ValueError``; a ``TokenBatch``'s values
+        are checked when it is on the CPU (on a GPU the check would stall the queue).
         """
-        if char_ids.dim() != 3 or char_ids.shape[-1] != self.config.char_cnn.max_characters_per_token:
-            raise ValueError(f"char_ids must be (batch, tokens, "
-                             f"{self.config.char_cnn.max_characters_per_token}), got {tuple(char_ids.shape)}; "
-                             "build them with elmo.batch_to_ids")
-        check_char_ids(char_ids, self.config.char_cnn.n_characters)
+        tokens = self._token_batch(inputs)
+        if token_vectors is not None and token_vectors.shape != (tokens.token_chars.shape[0], self.config.bilm.projection_dim):
+            raise ValueError(f"token_vectors must be (distinct tokens, projection_dim) = "
+                             f"{(tokens.token_chars.shape[0], self.config.bilm.projection_dim)}, "
+                             f"got {tuple(token_vectors.shape)}")
         if add_boundaries:
-            char_ids, mask = add_sentence_boundaries(char_ids, self.bos_ids, self.eos_ids)
-        else:
-            mask = (char_ids > 0).any(-1)
-        tokens = self.char_cnn(char_ids)  # (B, T+2, P)
-        return self.contextualize(tokens, mask, state, dropout)
-
-    def contextualize(self, tokens: torch.Tensor, mask: torch.Tensor,
-                      state: Optional[BiLMState] = None, dropout: float = 0.0) -> BiLMOutput:
-        """Token vectors (B, T, P) (e.g. from a cache of ``char_cnn`` outputs), mask (B, T) ->
-        ``BiLMOutput``. Positions are taken as given: add <S>/</S> vectors yourself."""
+            tokens = add_sentence_boundaries(tokens, self.boundary_chars)
+            if token_vectors is not None:
+                token_vectors = torch.cat([token_vectors, self.char_cnn.encode_tokens(self.boundary_chars)])
+        if token_vectors is None:
+            token_vectors = self.char_cnn.encode_tokens(tokens.token_chars)  # (U, P)
+        x = self.char_cnn.embed(token_vectors, tokens)  # (B, T+2, P)
+        mask = tokens.mask
         if state is None and self.stateful:
-            state = self._carried_state(tokens.shape[0])
-        bilm_layers, final = self.bilm(tokens, mask, state, dropout=dropout)
+            state = self._carried_state(x.shape[0])
+        bilm_layers, final = self.bilm(x, mask, state, dropout=dropout)
         if self.stateful:
             self._store_state(final)
-        layers = [torch.cat([tokens, tokens], dim=-1).float()] + bilm_layers
-        return BiLMOutput(layers, mask, final)
+        layers = [torch.cat([x, x], dim=-1).float()] + bilm_layers
+        if add_boundaries and not keep_boundaries:
+            stripped = [remove_sentence_boundaries(layer, mask) for layer in layers]
+            layers, mask = [layer for layer, _ in stripped], stripped[0][1]
+        return ElmoOutput(layers, mask, final)
+
+    def _token_batch(self, inputs: TokenBatch | torch.Tensor) -> TokenBatch:
+        """Check the input and return it as a ``TokenBatch``."""
+        C = self.config.char_cnn.max_characters_per_token
+        if isinstance(inputs, torch.Tensor):
+            if inputs.dim() != 3 or inputs.shape[-1] != C:
+                raise ValueError(f"char_ids must be (batch, tokens, {C}), got {tuple(inputs.shape)}; "
+                                 "build them with elmo.batch_to_ids (or a TokenBatch with "
+                                 "elmo.batch_to_tokens)")
+            check_char_ids(inputs, self.config.char_cnn.n_characters)
+            return TokenBatch.from_char_ids(inputs)
+        if not isinstance(inputs, TokenBatch):
+            raise TypeError(f"ElmoBiLM takes a TokenBatch or char ids (batch, tokens, {C}), got "
+                            f"{type(inputs).__name__}")
+        chars, index = inputs
+        if chars.dim() != 2 or chars.shape[1] != C or index.dim() != 2:
+            raise ValueError(f"a TokenBatch must hold token_chars (tokens, {C}) and index (batch, "
+                             f"positions), got {tuple(chars.shape)} and {tuple(index.shape)}")
+        if index.device.type != "cpu":  # value checks would synchronise with the device
+            return inputs
+        if index.numel() and (int(index.max()) >= chars.shape[0] or int(index.min()) < -1):
+            raise ValueError(f"TokenBatch.index must lie in [-1, {chars.shape[0]}) (rows of "
+                             f"token_chars, -1 = no token), found [{int(index.min())}, {int(index.max())}]")
+        check_char_ids(chars, self.config.char_cnn.n_characters)
+        return inputs
 
     # -- stateful mode ------------------------------------------------------------------------
     def _carried_state(self, batch: int) -> BiLMState:
@@ -225,7 +279,7 @@ class ElmoBiLM(nn.Module):
 
 
 class Elmo(nn.Module):
-    """ELMo for task models: the biLM plus ``num_output_representations`` learned scalar mixes.
+    """ELMo for task models: ``ElmoBiLM`` plus ``num_output_representations`` learned scalar mixes.
 
     ``requires_grad=False`` (the default) freezes the biLM; the mixes always train.
     ``keep_sentence_boundaries=True`` keeps the <S>/</S> positions in the outputs.
@@ -254,12 +308,9 @@ class Elmo(nn.Module):
     def get_output_dim(self) -> int:
         return self.bilm.output_dim
 
-    def forward(self, char_ids: torch.Tensor) -> ElmoOutput:
-        """char_ids (B, T, C) -> ``ElmoOutput``: mixes (B, T, 2P) each, mask (B, T), layers."""
-        out = self.bilm(char_ids)
-        layers, mask = out.layers, out.mask
-        if not self.keep_sentence_boundaries:
-            stripped = [remove_sentence_boundaries(layer, mask) for layer in layers]
-            layers, mask = [x for x, _ in stripped], stripped[0][1]
-        reps = [self.dropout(mix(layers, mask)) for mix in self.scalar_mixes]
-        return ElmoOutput(reps, mask, layers)
+    def forward(self, inputs: TokenBatch | torch.Tensor) -> ElmoOutput:
+        """A ``TokenBatch`` or char ids (B, T, C) -> ``ElmoOutput``: layers, mask (B, T), state
+        and ``representations``, the mixes (B, T, 2P) each."""
+        out = self.bilm(inputs, keep_boundaries=self.keep_sentence_boundaries)
+        reps = [self.dropout(mix(out.layers, out.mask)) for mix in self.scalar_mixes]
+        return out._replace(representations=reps)

@@ -55,14 +55,9 @@ class ScalarMix(nn.Module):
             flat = layers.to(out_dtype).reshape(self.num_layers, -1)
             mixed = (self.gamma.to(out_dtype) * w).unsqueeze(0) @ flat
             return mixed.view(layers.shape[1:])
-        total = None
-        for k, layer in enumerate(layers):
-            layer = layer.to(out_dtype)
-            if self.do_layer_norm:
-                layer = self._layer_norm(layer, mask)
-            term = w[k] * layer
-            total = term if total is None else total + term
-        return self.gamma.to(out_dtype) * total
+        if self.do_layer_norm:
+            layers = [self._layer_norm(layer.to(out_dtype), mask) for layer in layers]
+        return self.gamma.to(out_dtype) * weighted_sum(layers, w)
 
     def _layer_norm(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
@@ -70,3 +65,17 @@ class ScalarMix(nn.Module):
         mean = (x * m).sum(dim=(1, 2)) / n  # (B,)
         var = (((x - mean[:, None, None]) * m) ** 2).sum(dim=(1, 2)) / n
         return (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + self.eps)
+
+
+def weighted_sum(layers: Sequence[torch.Tensor] | torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_k weights[k] * layers[k]`` in at least float32: the one mixing loop (``ScalarMix``,
+    and the featurizer's fixed layer weights). layers: K tensors (...) or one (K, ...) tensor."""
+    if len(layers) != len(weights):
+        raise ValueError(f"{len(weights)} layer weights for {len(layers)} layers")
+    out_dtype = torch.promote_types(layers[0].dtype, torch.float32)
+    weights = weights.to(device=layers[0].device, dtype=out_dtype)
+    total = None
+    for k, layer in enumerate(layers):
+        term = weights[k] * layer.to(out_dtype)
+        total = term if total is None else total + term
+    return total

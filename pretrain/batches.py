@@ -25,6 +25,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from elmo.chars import TokenBatch
 from pretrain.vocab import NO_TARGET, WordTable
 
 
@@ -38,10 +39,13 @@ class Batch(NamedTuple):
     def mask(self) -> torch.Tensor:
         return self.tokens >= 0  # (B, T)
 
+    def token_batch(self) -> TokenBatch:
+        """The model input: the distinct tokens' characters and each position's row (-1 = padding)."""
+        return TokenBatch(self.token_chars, self.tokens)
+
     def char_ids(self) -> torch.Tensor:
-        """(B, T, C) character ids, all zero at padding (the input of ``ElmoBiLM``)."""
-        ids = self.token_chars[self.tokens.clamp(min=0)]  # (B, T, C)
-        return ids * self.mask.unsqueeze(-1).to(ids.dtype)
+        """(B, T, C) character ids, all zero at padding (the plain input of ``ElmoBiLM``)."""
+        return self.token_batch().char_ids()
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True) for t in self))

@@ -6,9 +6,13 @@ mean of the forward and the backward mean token losses; the module returns sums 
 direction so that the trainer can normalise by the counts of all processes together (which makes
 several processes equal to one process with the combined batch).
 
-A batch holds each distinct token's characters once (``Batch.token_chars``); with ``dedup`` the
-character CNN runs once per distinct token and the result is gathered into place, which gives the
-same numbers as ``ElmoBiLM.forward`` on the full (B, T, C) ids at a fraction of the cost.
+A batch holds each distinct token's characters once (``Batch.token_chars``, by word type): it is
+given to ``ElmoBiLM`` as a ``TokenBatch`` whose windows already hold their <S>/</S> tokens
+(``add_boundaries=False``: every position comes back, the top layer un-stripped). Without
+``dedup`` the full (B, T, C) ids are given instead and deduplicated by the model (the same
+numbers; kept as a check).
+
+``BidirectionalLM`` is ``elmo.ElmoBiLM`` plus the softmax: the model that pretraining trains.
 """
 
 from __future__ import annotations
@@ -46,14 +50,8 @@ class BidirectionalLM(nn.Module):
     def top_layer(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0
                   ) -> tuple[torch.Tensor, BiLMState]:
         """The top biLM layer (B, T, 2P) (float32) and the final state."""
-        if not self.dedup:
-            out = self.bilm(batch.char_ids(), state=state, add_boundaries=False, dropout=dropout)
-            return out.layers[-1], out.state
-        mask = batch.mask  # (B, T)
-        vectors = self.bilm.char_cnn.encode_tokens(batch.token_chars)  # (U, P)
-        tokens = vectors[batch.tokens.clamp(min=0)]  # (B, T, P)
-        tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
-        out = self.bilm.contextualize(tokens, mask, state, dropout)
+        inputs = batch.token_batch() if self.dedup else batch.char_ids()
+        out = self.bilm(inputs, state, add_boundaries=False, dropout=dropout)
         return out.layers[-1], out.state
 
     def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,

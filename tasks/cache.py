@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from elmo import ElmoBiLM, batch_to_ids
-from elmo.model import remove_sentence_boundaries
+from elmo import ElmoBiLM, ElmoOutput, batch_to_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +58,9 @@ def compute_layers(bilm: ElmoBiLM, sentences: Sequence[Sequence[str]], batch_siz
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc="ELMo layers", unit="batch", disable=not progress):
             rows = order[s : s + batch_size]
-            ids = batch_to_ids([sentences[i] for i in rows]).to(device)
+            tokens = batch_to_tokens([sentences[i] for i in rows]).to(device)
             with torch.inference_mode():
-                out = bilm(ids)
-                stripped = [remove_sentence_boundaries(layer, out.mask)[0] for layer in out.layers]
-                stacked = torch.stack(stripped).float().cpu()  # (L+1, B, T, 2P)
+                stacked = torch.stack(bilm(tokens).layers).float().cpu()  # (L+1, B, T, 2P)
             stacked = stacked.clone()  # an ordinary tensor (autograd may save it later)
             for b, i in enumerate(rows):
                 yield i, stacked[:, b, : len(sentences[i])].clone()
@@ -183,6 +180,14 @@ class LayerCache:
         for b, tokens in enumerate(sentences):
             out[:, b, : len(tokens)] = self.get(tokens)
         return out
+
+    def output(self, sentences: Sequence[Sequence[str]], length: Optional[int] = None) -> ElmoOutput:
+        """The cached sentences as the biLM's ``ElmoOutput``: layers (L+1, B, T, 2P), one stacked
+        tensor, zeros past each sentence; mask (B, T)."""
+        layers = self.batch(sentences, length)
+        lengths = torch.tensor([len(s) for s in sentences])
+        mask = torch.arange(layers.shape[2]).unsqueeze(0) < lengths.unsqueeze(1)
+        return ElmoOutput(layers, mask)
 
     def __len__(self) -> int:
         if self.path is None:

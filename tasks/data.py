@@ -13,7 +13,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from elmo import batch_to_ids
+from elmo import ElmoOutput, TokenBatch, batch_to_tokens
 from tasks.readers import Instance
 
 PAD, UNK = "@@PAD@@", "@@UNK@@"
@@ -53,9 +53,9 @@ class Vocabulary:
 @dataclass
 class Batch:
     mask: torch.Tensor  # (B, T) bool
-    char_ids: Optional[torch.Tensor] = None  # (B, T, 50) for the biLM or the char CNN
+    tokens: Optional[TokenBatch] = None  # characters of the distinct tokens, for the biLM or the char CNN
     word_ids: Optional[torch.Tensor] = None  # (B, T)
-    layers: Optional[torch.Tensor] = None  # (L+1, B, T, 2P) cached ELMo layers
+    elmo: Optional[ElmoOutput] = None  # cached ELMo layers (L+1, B, T, 2P) and mask
     predicate: Optional[torch.Tensor] = None  # (B, T) long: 1 at the SRL predicate
     tags: Optional[torch.Tensor] = None  # (B, T) target tag ids
     labels: Optional[torch.Tensor] = None  # (B,) target label ids
@@ -64,8 +64,10 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, (torch.Tensor, TokenBatch)):
                 moved[name] = value.to(device)
+            elif isinstance(value, ElmoOutput):
+                moved[name] = value._replace(layers=value.layers.to(device), mask=value.mask.to(device))
         return Batch(**moved)
 
 
@@ -83,13 +85,13 @@ class BatchMaker:
         lengths = torch.tensor([len(t) for t in tokens])
         batch = Batch(mask=torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1), index=list(index))
         if self.need_chars:
-            batch.char_ids = batch_to_ids(tokens)
+            batch.tokens = batch_to_tokens(tokens)
         if self.words is not None:
             batch.word_ids = torch.zeros(B, T, dtype=torch.long)
             for b, t in enumerate(tokens):
                 batch.word_ids[b, : len(t)] = torch.tensor(self.words.encode(t, self.lowercase))
         if self.cache is not None:
-            batch.layers = self.cache.batch(tokens)
+            batch.elmo = self.cache.output(tokens, T)
         first = instances[index[0]]
         if first.predicate is not None:
             batch.predicate = torch.zeros(B, T, dtype=torch.long)

@@ -40,9 +40,9 @@ def perturb(model):
 def test_sentence_alone_equals_in_a_padded_batch(cell, kind):
     model = perturb(build(cell, kind))
     with torch.no_grad():
-        batch = model(batch_to_ids(SENTENCES))
+        batch = model(batch_to_ids(SENTENCES), keep_boundaries=True)
         for b, sentence in enumerate(SENTENCES):
-            alone = model(batch_to_ids([sentence]))
+            alone = model(batch_to_ids([sentence]), keep_boundaries=True)
             n = len(sentence) + 2
             for layer_b, layer_1 in zip(batch.layers, alone.layers):
                 torch.testing.assert_close(layer_b[b, :n], layer_1[0], rtol=0, atol=1e-6)
@@ -198,14 +198,14 @@ def test_input_skip_connections():
     model.bilm.forward_layers[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     ids = batch_to_ids([["one", "two", "three"]])
     with torch.no_grad():
-        out = model(ids)
+        out = model(ids, keep_boundaries=True)
     P = model.config.bilm.projection_dim
     expected = out.layers[1][0, :, :P] + out.layers[0][0, :, :P]  # (T, P): fwd layer 1 + tokens
     torch.testing.assert_close(seen[0][:, 0], expected, rtol=0, atol=1e-6)
     plain = build("gru", use_skip_connections=False)
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
-        other = plain(ids)
+        other = plain(ids, keep_boundaries=True)
     torch.testing.assert_close(other.layers[1], out.layers[1], rtol=0, atol=0)  # same first layer
     assert not torch.allclose(other.layers[2], out.layers[2])
 
@@ -221,7 +221,7 @@ def test_elmo_embed_cli_with_a_cell_model(cell, tmp_path):
     assert main([str(text), str(tmp_path / "out.hdf5"), "--model", str(tmp_path / "model"),
                  "--all", "--quiet"]) == 0
     with torch.no_grad():
-        expected = model(batch_to_ids([["Hello", "Zürich"]])).layers
+        expected = model(batch_to_ids([["Hello", "Zürich"]]), keep_boundaries=True).layers
     with h5py.File(tmp_path / "out.hdf5", "r") as f:
         got = torch.from_numpy(f["1"][...])
     assert got.shape == (3, 2, model.output_dim)

@@ -20,7 +20,7 @@ def model(tiny_config):
 def test_shapes_at_every_stage(model, tiny_config):
     ids = batch_to_ids(SENTENCES)
     assert ids.shape == (3, 7, 50)
-    out = model(ids)
+    out = model(ids, keep_boundaries=True)
     P = tiny_config.bilm.projection_dim
     assert len(out.layers) == 3
     assert all(layer.shape == (3, 9, 2 * P) for layer in out.layers)
@@ -50,7 +50,7 @@ def test_elmo_module_outputs(model):
 
 def _rows(model, sentences):
     with torch.no_grad():
-        out = model(batch_to_ids(sentences))
+        out = model(batch_to_ids(sentences), keep_boundaries=True)
     return [torch.stack(out.layers)[:, b, 1 : len(s) + 1] for b, s in enumerate(sentences)]
 
 
@@ -120,11 +120,11 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(tiny_config):
 
 def test_bad_inputs(model):
     with torch.no_grad():
-        empty_batch = model(batch_to_ids([]))
+        empty_batch = model(batch_to_ids([]), keep_boundaries=True)
         assert empty_batch.layers[0].shape == (0, 2, model.output_dim)
-        empty_sentence = model(batch_to_ids([[], ["a"]]))
+        empty_sentence = model(batch_to_ids([[], ["a"]]), keep_boundaries=True)
         assert empty_sentence.mask.sum(1).tolist() == [2, 3]
-        long = model(batch_to_ids([["tok"] * 1000]))
+        long = model(batch_to_ids([["tok"] * 1000]), keep_boundaries=True)
         assert long.layers[-1].shape == (1, 1002, model.output_dim)
         assert torch.isfinite(long.layers[-1]).all()
         weird = model(batch_to_ids([["x" * 300, "naïve", "\x00\x07", "日本語"]]))

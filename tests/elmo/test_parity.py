@@ -44,7 +44,7 @@ def test_stateful_bilm_matches_all_30_sentences(reference_dir, fixture_model):
     for i in range(10):
         batch = [sentences[k][i].split() for k in range(3)]
         with torch.no_grad():
-            top = fixture_model(batch_to_ids(batch)).layers[-1]  # (3, T+2, 32)
+            top = fixture_model(batch_to_ids(batch), keep_boundaries=True).layers[-1]  # (3, T+2, 32)
         for k in range(3):
             got = top[k, 1 : len(batch[k]) + 1].numpy()
             expected = _expected(reference_dir, k, i)
@@ -61,7 +61,7 @@ def test_stateless_matches_only_the_first_batch(reference_dir, fixture_model):
     for i in (0, 1):
         batch = [sentences[k][i].split() for k in range(3)]
         with torch.no_grad():
-            top = fixture_model(batch_to_ids(batch)).layers[-1]
+            top = fixture_model(batch_to_ids(batch), keep_boundaries=True).layers[-1]
         diffs.append(max(float(np.abs(top[k, 1 : len(batch[k]) + 1].numpy()
                                       - _expected(reference_dir, k, i)).max()) for k in range(3)))
     assert diffs[0] < 1e-5 and diffs[1] > 1e-2, diffs

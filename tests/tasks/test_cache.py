@@ -17,7 +17,7 @@ SENTENCES = [["The", "cat", "sat", "."], ["Hi"], ["A", "much", "longer", "senten
 def direct_layers(bilm, sentences):
     bilm.eval()
     with torch.no_grad():
-        out = bilm(batch_to_ids(sentences))
+        out = bilm(batch_to_ids(sentences), keep_boundaries=True)
     return torch.stack([remove_sentence_boundaries(x, out.mask)[0] for x in out.layers])  # (L+1, B, T, D)
 
 
