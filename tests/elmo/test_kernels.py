@@ -103,3 +103,33 @@ def test_copies_carry_the_choice_not_the_prepared_weights():
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert clone.bilm.kernels.gemm == "plain" and clone.bilm.kernels._prepared == {}
     assert repr(model.bilm.kernels) == "LstmKernels(gemm='plain')"
+
+
+def test_only_the_plain_lstm_is_fused():
+    from elmo.cells import CifgLstm, PeepholeLstm
+    from elmo.lstm import Lstm
+
+    run = LstmKernels()
+    plain = Lstm(4, 6, 3)
+    assert run.fuses([plain, Lstm(4, 6, 3)])
+    assert not run.fuses([plain, Lstm(4, 6, 3, proj_clip=1.0)])  # one loop needs equal clips
+    assert not run.fuses([plain, Lstm(4, 6, 3).double()])
+    for other in (Lstm(4, 6, 3, recurrent_dropout_kind="variational", recurrent_dropout=0.1),
+                  Lstm(4, 6, 3, transition_depth=2), PeepholeLstm(4, 6, 3), CifgLstm(4, 6, 3)):
+        assert not run.fuses([other]) and not other.runs_fused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_lstm_runs_plain_products_and_matches_cpu():
+    model = _model()
+    ids = batch_to_ids(SENTENCES)
+    with torch.no_grad():
+        cpu = model(ids).layers
+        gpu_model = model.to("cuda")
+        assert gpu_model.bilm.kernels.gemm_for(gpu_model.bilm.forward_layers[0].state_weight) == "plain"
+        gpu = gpu_model(ids.to("cuda")).layers
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-5)
+    gpu_model.train()
+    sum(x.sum() for x in gpu_model(ids.to("cuda")).layers).backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu_model.parameters() if p.grad is not None)
