@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Optional
 
+from elmo.io import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,8 +63,9 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     for ax in (ax1, ax2):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_tokens))
     fig.tight_layout()
-    tmp = f"{out_path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        with atomic_path(out_path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return True

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from elmo.bilm import detach_state, map_state
+from elmo.io import atomic_open
 from pretrain import checkpoint as ckpt
 from pretrain.config import OptimConfig, PretrainConfig
 from pretrain.distributed import DistInfo, all_reduce_sum, gather_objects
@@ -162,10 +163,8 @@ class MetricsLog:
             # Drop what was logged after the checkpoint we resume from: it will be logged again.
             with open(path, encoding="utf-8") as f:
                 keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = f"{path}.tmp.{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_open(path, "w") as f:
                 f.writelines(keep)
-            os.replace(tmp, path)
 
     def write(self, record: dict) -> None:
         if self.path:

@@ -18,6 +18,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, MAX_CHARACTERS_PER_TOKEN, word_to_char_ids
+from elmo.io import atomic_open
 
 UNK_TOKEN = "<UNK>"
 SPECIALS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -56,12 +57,9 @@ class Vocabulary:
         return cls(list(SPECIALS) + [w for _, w in ranked])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = os.fspath(path)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w") as f:
             for w in self.words:
                 f.write(w + "\n")
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":

@@ -43,6 +43,7 @@ sys.path.insert(0, ROOT)
 
 from elmo.bilm import BiLM  # noqa: E402
 from elmo.config import CELLS  # noqa: E402
+from elmo.io import atomic_path  # noqa: E402
 
 
 def bilm_parameters(bilm_config) -> int:
@@ -180,9 +181,8 @@ def plot(rows: list, path: str, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from elmo import ElmoBiLM, ElmoOutput, batch_to_tokens
+from elmo.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +117,10 @@ class LayerCache:
 
     def _fill_file(self, todo: list) -> None:
         self.close()
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        if os.path.exists(self.path):
-            shutil.copyfile(self.path, tmp)
-        try:
+        # The cache file is replaced whole: a copy gets the new sentences, then takes its place.
+        with atomic_path(self.path) as tmp:
+            if os.path.exists(self.path):
+                shutil.copyfile(self.path, tmp)
             with h5py.File(tmp, "a") as f:
                 group = f.require_group(self.fingerprint)
                 group.attrs["num_layers"], group.attrs["dim"] = self.num_layers, self.dim
@@ -128,10 +129,6 @@ class LayerCache:
                     key = sentence_key(todo[i])
                     if key not in group:
                         group.create_dataset(key, data=layers.numpy().astype(np_dtype))
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     # -- reading ---------------------------------------------------------------------------
     def _group(self) -> Optional[h5py.Group]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from elmo import ElmoBiLM
-from elmo.config import write_json_atomic
+from elmo.io import atomic_open, write_json_atomic
 from tasks.config import TaskConfig
 from tasks.data import Vocabulary
 
@@ -68,10 +68,8 @@ def save_setup(directory: str, cfg: TaskConfig, words: Optional[Vocabulary], lab
 
 def save_weights(directory: str, model: nn.Module, cfg: TaskConfig) -> None:
     """The head's weights (atomically); a fine-tuned biLM goes to DIR/elmo again."""
-    path = os.path.join(directory, WEIGHTS_NAME)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(head_state(model), tmp)
-    os.replace(tmp, path)
+    with atomic_open(os.path.join(directory, WEIGHTS_NAME), "wb") as f:
+        torch.save(head_state(model), f)
     if cfg.use_elmo and cfg.fine_tune:
         model.encoder.bilm.save_pretrained(os.path.join(directory, ELMO_DIR))
 

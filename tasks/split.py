@@ -16,6 +16,7 @@ import os
 import random
 from typing import Callable
 
+from elmo.io import write_text_atomic
 from tasks.readers import DataError
 
 
@@ -38,10 +39,7 @@ def _stratified(rows: list, label_of: Callable, dev: float, test: float, seed: i
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def split_classification(path: str, out_dir: str, label_column: str = "label", dev: float = 0.1,
