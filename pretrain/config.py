@@ -48,6 +48,9 @@ class DataConfig:
     batch_size: int = 128              # rows per process
     max_sentence_tokens: int = 200     # longer lines are cut into pieces (sentence mode, eval)
     streaming: bool = False            # read the corpus lazily (larger than memory)
+    # Raw --train text is prepared once into OUT/corpus (pretrain.prepared) and read from there;
+    # false: read and tokenized into memory at every start, as before (the same batches either way).
+    prepare: bool = True
     shuffle_buffer: int = 10000        # streaming only: shuffle within a buffer of lines
     eval_max_tokens: Optional[int] = 100_000  # cap on held-out tokens per evaluation
     text_field: str = "text"           # column of a hub dataset holding the text

@@ -23,10 +23,12 @@ from pretrain import checkpoint as ckpt
 from pretrain.batches import SentenceBatcher, WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig
 from pretrain.corpus import EncodedCorpus, StreamingCorpus, load_corpus
-from pretrain.distributed import DistInfo, barrier, setup
+from pretrain.distributed import DistInfo, barrier, broadcast_object, setup
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
 from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
 from pretrain.plot import plot_curves
+from pretrain.prepared import (IMPLICIT_DIR, PreparedSentences, open_for_training,
+                               prepare_for_run, prepared_train_dir)
 from pretrain.resume import apply_learning_rate, describe_inputs, log_changes
 from pretrain.resume import check_config as check_resume_config
 from pretrain.resume import check_inputs as check_resume_inputs
@@ -115,6 +117,10 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         Vocabulary.load(vocab_path) if vocab_path else None
     table = WordTable(vocab, config.model.char_cnn.max_characters_per_token)
     t0 = time.time()
+    prepared_dir = prepared_train_dir(train)
+    if prepared_dir is not None and d.streaming:
+        raise ValueError(f"--train {prepared_dir} is a prepared corpus, read without loading it; "
+                         "--streaming is for raw text: leave it out")
     if d.streaming:
         corpus = StreamingCorpus(train, table, d.tokenizer, 0.0 if heldout else d.heldout_fraction,
                                  d.shuffle_buffer, d.text_field)
@@ -129,13 +135,32 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
             target_counts[vocab.id(w)] += n
         target_counts[BOS_ID] += n_sentences
         target_counts[EOS_ID] += n_sentences
+    elif d.prepare or prepared_dir:  # memory-mapped token ids (pretrain.prepared)
+        if prepared_dir is None:  # raw text: prepared once into OUT/corpus by rank 0
+            error = None
+            if info.is_main:
+                try:
+                    prepare_for_run(train, out_dir, d.tokenizer, 0.0 if heldout else d.heldout_fraction,
+                                    d.text_field, latest is not None, tc.progress)
+                except (ValueError, FileNotFoundError, OSError) as e:
+                    error = e
+            message = broadcast_object(None if error is None else str(error), info)
+            if error is not None:
+                raise error
+            if message is not None:  # the other ranks stop with rank 0's error
+                raise ValueError(message)
+            prepared_dir = os.path.join(out_dir, IMPLICIT_DIR)
+        corpus, held, table, vocab, counts = open_for_training(
+            prepared_dir, heldout, d, config.model.char_cnn.max_characters_per_token, vocab)
+        target_counts = torch.from_numpy(counts)
+        n_tokens, n_sentences = corpus.num_tokens, len(corpus)
     else:
         corpus, held = load_corpus(train, heldout, table, d.tokenizer, d.heldout_fraction, d.text_field)
         n_tokens, n_sentences = corpus.num_tokens, len(corpus)
         if vocab is None:
             vocab = Vocabulary.from_counts(table.counts([corpus.ids]), d.max_vocab_size, d.min_count)
     table.set_vocab(vocab)
-    if not d.streaming:
+    if not d.streaming and not isinstance(corpus, PreparedSentences):
         target_counts = _target_counts(table, vocab, corpus)
     if info.is_main:
         vocab.save(saved_vocab)

@@ -89,6 +89,32 @@ class WordTable:
         self.vocab = vocab
         self.bos, self.eos = self.add(BOS_TOKEN), self.add(EOS_TOKEN)
 
+    @classmethod
+    def from_types(cls, words: list[str], chars: Optional[np.ndarray] = None,
+                   max_characters: int = MAX_CHARACTERS_PER_TOKEN,
+                   vocab: Optional[Vocabulary] = None) -> "WordTable":
+        """A table with given type ids: ``words[0] == ""`` (padding), ``words[1:3] == [<S>, </S>]``;
+        ``chars`` (len(words), max_characters) their character ids (computed when None)."""
+        if words[:3] != ["", BOS_TOKEN, EOS_TOKEN]:
+            raise ValueError(f"types must start with padding, {BOS_TOKEN}, {EOS_TOKEN}; got {words[:3]}")
+        table = cls.__new__(cls)
+        table.max_characters, table.vocab = max_characters, vocab
+        table.words = words
+        table.index = {w: i for i, w in enumerate(words)}
+        del table.index[""]
+        if chars is None:
+            chars = np.zeros((len(words), max_characters), dtype=np.int16)
+            for i in range(1, len(words)):
+                chars[i] = word_to_char_ids(words[i], max_characters)
+        if chars.shape != (len(words), max_characters):
+            raise ValueError(f"chars must be ({len(words)}, {max_characters}), got {chars.shape}")
+        table.chars = np.ascontiguousarray(chars, dtype=np.int16)
+        table.targets = np.full(len(words), NO_TARGET, dtype=np.int64)
+        table.bos, table.eos = 1, 2
+        if vocab is not None:
+            table.set_vocab(vocab)
+        return table
+
     def __len__(self) -> int:
         return len(self.words)
 

@@ -1,0 +1,340 @@
+"""Benchmark of the pretraining data path: raw text read at every start vs a prepared corpus.
+
+    python scripts/bench_data.py --tokens 10M,100M --work /work/bench-data --threads 1
+
+For each size it builds (once, cached under --work) a synthetic corpus by sampling real lines
+with replacement (BBC News paragraphs and CoNLL-2003 training sentences from .data/, see
+scripts/get_data.py; right for speed and memory, not for quality) and prints, for the raw-text
+path (``data.prepare=false``: read and tokenized through ``datasets`` into memory at each start)
+and the prepared path (``elmo-prepare``, then ``--train CORPUS_DIR``):
+
+- preparation tokens/s with 1 and 2 workers (whitespace tokenizer) and with the punct tokenizer;
+- size on disk (text, the prepared directory, the ``datasets`` cache the raw path writes);
+- time to the first training step and to the first step of a resumed run, measured from the
+  process start (imports included), each in a fresh process running ``pretrain.run.run``;
+- peak resident memory (ru_maxrss) at the first step and after ``--steps`` steps;
+- batch production tokens/s on one thread (window mode, 128 x 20, ``WindowBatcher.next_batch``:
+  the distinct tokens' character ids and both targets; then also the (B, T, 50) char id tensor).
+
+It then extrapolates to 1B tokens from the slope between the two sizes, and compares batch
+production with what a training step at ORIGINAL size on one GPU consumes. Writes nothing into
+the repository; the model is the ``tiny`` preset with 128 x 20 batches, eval and checkpoints off
+until the last step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GPU_TOKENS_PER_S = 250_000  # DESIGN.md "Scale and GPUs": the target for ORIGINAL size on one GPU
+
+
+def parse_count(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9}.get(text[-1], 1)
+    return int(float(text[:-1] if text[-1] in "KMB" else text) * scale)
+
+
+def real_lines(data_dir: str) -> list[str]:
+    """Non-blank BBC News lines (titles and paragraphs) and CoNLL-2003 training sentences."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(data_dir, "bbcnews", "*", "*.txt"))):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines += [" ".join(line.split()) for line in f if line.strip()]
+    sentence = []
+    with open(os.path.join(data_dir, "conll2003", "train.txt"), encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                if sentence:
+                    lines.append(" ".join(sentence))
+                sentence = []
+            elif parts[0] != "-DOCSTART-":
+                sentence.append(parts[0])
+    if sentence:
+        lines.append(" ".join(sentence))
+    if not lines:
+        raise SystemExit(f"no BBC News / CoNLL-2003 text under {data_dir}; run scripts/get_data.py")
+    return lines
+
+
+def make_corpus(path: str, n_tokens: int, data_dir: str, seed: int = 0) -> dict:
+    """Sample real lines with replacement until ``n_tokens`` whitespace tokens; cached."""
+    meta_path = path + ".json"
+    if os.path.isfile(path) and os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("target") == n_tokens and meta.get("size") == os.path.getsize(path):
+            return meta
+    lines = real_lines(data_dir)
+    lengths = np.array([len(line.split()) for line in lines])
+    encoded = [(line + "\n").encode("utf-8") for line in lines]
+    rng = np.random.default_rng(seed)
+    written = n_lines = 0
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        while written < n_tokens:
+            pick = rng.integers(0, len(lines), 100_000)
+            take = pick[: int(np.searchsorted(np.cumsum(lengths[pick]), n_tokens - written) + 1)]
+            f.write(b"".join(encoded[i] for i in take))
+            written += int(lengths[take].sum())
+            n_lines += len(take)
+    os.replace(tmp, path)
+    meta = {"target": n_tokens, "tokens": written, "lines": n_lines, "size": os.path.getsize(path),
+            "pool_lines": len(lines)}
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    return meta
+
+
+def du(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> float:
+    """Seconds of one preparation from scratch (a fresh process, like the command line)."""
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pretrain.prepared", text, "--out", out, "--tokenizer",
+                    tokenizer, "--workers", str(workers), "--no-progress", "--log-level", "WARNING"],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+# -- one training start, in a fresh process ---------------------------------------------------
+def _train_child(argv: list[str]) -> None:
+    """``--child TRAIN OUT STEPS THREADS PREPARE RESUME``: print a JSON line of timings and RSS."""
+    t_process = float(os.environ["BENCH_T0"])
+    train, out, steps, threads, prepare, resume = argv
+    import torch
+
+    from pretrain.config import pretrain_preset
+    from pretrain.run import run
+
+    torch.set_num_threads(int(threads))
+    config = pretrain_preset("tiny")
+    for a in ("data.batch_size=128", "data.window=20", f"data.prepare={prepare}",
+              "train.eval_at_start=false", "train.eval_every=1000000", "train.checkpoint_every=1000000",
+              "train.progress=false", f"train.max_steps={steps}", "train.log_every=1",
+              "data.eval_max_tokens=2000"):
+        config = config.with_override(a)
+    seen = {}
+
+    def rss() -> dict:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
+                "file_mib": int(status["RssFile"].split()[0]) / 1024}
+
+    def callback(trainer, metrics):
+        if "first" not in seen:
+            seen["first"] = {"seconds": time.time() - t_process, "step": metrics["step"], **rss()}
+        seen["last"] = {"step": metrics["step"], **rss()}
+
+    run(config, [train], out, resume=resume == "1", callback=callback)
+    print("BENCH " + json.dumps(seen), flush=True)
+
+
+def train_start(train: str, out: str, steps: int, threads: int, prepare: bool, resume: bool,
+                env: dict) -> dict:
+    env = dict(env, BENCH_T0=repr(time.time()))
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", train, out, str(steps),
+                        str(threads), "true" if prepare else "false", "1" if resume else "0"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[6:])
+    raise SystemExit(f"training run failed:\n{p.stderr[-3000:]}")
+
+
+# -- batch production -------------------------------------------------------------------------
+def batch_rate(corpus, table, n_batches: int) -> tuple[float, float]:
+    """Tokens/s of WindowBatcher.next_batch (128 x 20), without and with the (B, T, 50) char ids."""
+    import torch
+
+    from pretrain.batches import WindowBatcher
+
+    torch.set_num_threads(1)
+    rates = []
+    for with_chars in (False, True):
+        b = WindowBatcher(corpus, table, 128, 20, seed=0)
+        for _ in range(20):
+            b.next_batch()
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            batch = b.next_batch()
+            if with_chars:
+                batch.char_ids()
+        rates.append(n_batches * 128 * 20 / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
+def raw_batch_rate(text: str, n_batches: int) -> tuple[float, float]:
+    from pretrain.corpus import load_corpus
+    from pretrain.vocab import Vocabulary, WordTable
+
+    table = WordTable()
+    corpus, _ = load_corpus([text], None, table, "whitespace", 0.02)
+    table.set_vocab(Vocabulary.from_counts(table.counts([corpus.ids]), 20000))
+    return batch_rate(corpus, table, n_batches)
+
+
+def prepared_batch_rate(corpus_dir: str, n_batches: int) -> tuple[float, float]:
+    from pretrain.prepared import PreparedCorpus, vocabulary_from_counts
+
+    pc = PreparedCorpus(corpus_dir)
+    train, _, counts = pc.split(0.02)
+    table = pc.word_table()
+    table.set_vocab(vocabulary_from_counts(table, counts, pc._load("alpha_rank.npy"), 20000))
+    return batch_rate(train, table, n_batches)
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return _train_child(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", default="10M,100M", help="corpus sizes, e.g. 10M,100M")
+    p.add_argument("--work", default="/work/bench-data", help="folder for corpora and runs (outside the repo)")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, ".data"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training runs")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batches", type=int, default=300, help="batches timed for batch production")
+    p.add_argument("--no-raw", action="store_true", help="skip the raw-text path (slow, memory-hungry)")
+    args = p.parse_args()
+    sizes = [parse_count(s) for s in args.tokens.split(",")]
+    os.makedirs(args.work, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_DATASETS_OFFLINE="1",
+               HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=os.path.join(args.work, "hf-cache"))
+    os.environ.update({k: env[k] for k in ("OMP_NUM_THREADS", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE",
+                                           "HF_DATASETS_CACHE")})
+    load0 = os.getloadavg()
+    print(f"# bench_data: sizes {args.tokens}, training runs: tiny preset, 128 x 20 window batches, "
+          f"{args.threads} torch thread(s), {args.steps} steps; load average at start "
+          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+    results = []
+    for n in sizes:
+        name = f"synthetic-{n // 10**6}M" if n >= 10**6 else f"synthetic-{n}"
+        text = os.path.join(args.work, name + ".txt")
+        meta = make_corpus(text, n, args.data_dir)
+        r = {"size": n, "tokens": meta["tokens"], "lines": meta["lines"], "text_bytes": meta["size"]}
+        print(f"\n## {name}: {meta['tokens']:,} tokens, {meta['lines']:,} lines, {mib(meta['size'])} "
+              f"of text (sampled from {meta['pool_lines']:,} real lines)", flush=True)
+        prepared = os.path.join(args.work, name + ".prepared")
+        for tokenizer, workers in (("whitespace", 1), ("punct", 2), ("whitespace", 2)):
+            s = timed_prepare(text, prepared, tokenizer, workers)
+            r[f"prep_{tokenizer}_{workers}"] = s
+            with open(os.path.join(prepared, "manifest.json")) as f:
+                tokens = json.load(f)["num_tokens"]
+            print(f"prepare {tokenizer:10s} {workers} worker(s): {s:6.1f} s  {tokens / s / 1e6:5.2f}M tokens/s"
+                  f" ({tokens:,} tokens)", flush=True)
+        r["prepared_bytes"] = du(prepared)
+        runs = {}
+        for label, train, prep in (("prepared", prepared, True), ("raw", text, False)):
+            if label == "raw" and args.no_raw:
+                continue
+            out = os.path.join(args.work, f"run-{name}-{label}")
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
+            first = train_start(train, out, args.steps, args.threads, prep, False, env)
+            if label == "raw":
+                r["hf_cache_bytes"] = du(env["HF_DATASETS_CACHE"]) if os.path.isdir(env["HF_DATASETS_CACHE"]) else 0
+            resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env)
+            runs[label] = {"first": first, "resumed": resumed}
+            print(f"{label:8s} first step {first['first']['seconds']:6.1f} s, resumed step "
+                  f"{resumed['first']['seconds']:6.1f} s; peak RSS at step 1 {first['first']['peak_mib']:,.0f}"
+                  f" MiB (anon {first['first']['anon_mib']:,.0f}, file {first['first']['file_mib']:,.0f}),"
+                  f" after {first['last']['step']} steps {first['last']['peak_mib']:,.0f} MiB", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+        r["runs"] = runs
+        r["batch_prepared"] = prepared_batch_rate(prepared, args.batches)
+        print(f"batch production, prepared: {r['batch_prepared'][0] / 1e6:.2f}M tokens/s "
+              f"({r['batch_prepared'][1] / 1e6:.2f}M with the (B, T, 50) char ids)", flush=True)
+        if not args.no_raw:
+            r["batch_raw"] = raw_batch_rate(text, args.batches)
+            print(f"batch production, raw:      {r['batch_raw'][0] / 1e6:.2f}M tokens/s "
+                  f"({r['batch_raw'][1] / 1e6:.2f}M with the (B, T, 50) char ids)", flush=True)
+        shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
+        results.append(r)
+    report(results, args)
+
+
+def report(results: list, args) -> None:
+    print("\n## table\n")
+    cols = [f"{r['tokens'] / 1e6:,.0f}M tokens" for r in results]
+    print("| | " + " | ".join(cols) + " |")
+    print("| --- |" + " ---: |" * len(cols))
+
+    def row(label, fn):
+        cells = []
+        for r in results:
+            try:
+                cells.append(fn(r))
+            except (KeyError, TypeError):
+                cells.append("-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    rate = lambda key: lambda r: f"{r['tokens'] / r[key] / 1e6:.2f}M tokens/s"  # noqa: E731
+    row("prepare, whitespace, 1 worker", rate("prep_whitespace_1"))
+    row("prepare, whitespace, 2 workers", rate("prep_whitespace_2"))
+    row("prepare, punct, 2 workers", rate("prep_punct_2"))
+    row("text on disk", lambda r: mib(r["text_bytes"]))
+    row("prepared corpus on disk", lambda r: mib(r["prepared_bytes"]))
+    row("raw path: `datasets` cache on disk", lambda r: mib(r["hf_cache_bytes"]))
+    for label in ("raw", "prepared"):
+        row(f"{label}: first step (from process start)", lambda r: f"{r['runs'][label]['first']['first']['seconds']:.1f} s")
+        row(f"{label}: resumed step", lambda r: f"{r['runs'][label]['resumed']['first']['seconds']:.1f} s")
+        row(f"{label}: peak RSS at step 1", lambda r: f"{r['runs'][label]['first']['first']['peak_mib']:,.0f} MiB")
+        row(f"{label}: peak RSS after {args.steps} steps",
+            lambda r: f"{r['runs'][label]['first']['last']['peak_mib']:,.0f} MiB")
+    row("raw: batch production (1 thread)", lambda r: f"{r['batch_raw'][0] / 1e6:.2f}M tokens/s")
+    row("prepared: batch production (1 thread)", lambda r: f"{r['batch_prepared'][0] / 1e6:.2f}M tokens/s")
+    row("prepared: batch + (B, T, 50) char ids", lambda r: f"{r['batch_prepared'][1] / 1e6:.2f}M tokens/s")
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        dt = b["tokens"] - a["tokens"]
+        print(f"\nExtrapolated to 1B tokens (the slope between {a['tokens'] / 1e6:.0f}M and "
+              f"{b['tokens'] / 1e6:.0f}M tokens):")
+
+        def at_1b(fa, fb):
+            return fb + (fb - fa) / dt * (1e9 - b["tokens"])
+
+        print(f"- prepared corpus on disk: {at_1b(a['prepared_bytes'], b['prepared_bytes']) / 2**30:.1f} GiB;"
+              f" preparation with 2 workers: {at_1b(a['prep_whitespace_2'], b['prep_whitespace_2']) / 60:.1f} min")
+        for label in ("prepared", "raw"):
+            if label not in a["runs"] or label not in b["runs"]:
+                continue
+            ra, rb = a["runs"][label], b["runs"][label]
+            print(f"- {label}: first step after {at_1b(ra['first']['first']['seconds'], rb['first']['first']['seconds']):.0f} s,"
+                  f" resumed step after {at_1b(ra['resumed']['first']['seconds'], rb['resumed']['first']['seconds']):.0f} s,"
+                  f" peak RSS {at_1b(ra['first']['last']['peak_mib'], rb['first']['last']['peak_mib']) / 1024:.1f} GiB"
+                  f" per process (growth {a['tokens'] / 1e6:.0f}M -> {b['tokens'] / 1e6:.0f}M:"
+                  f" {rb['first']['last']['peak_mib'] - ra['first']['last']['peak_mib']:+,.0f} MiB)")
+    best = min(r["batch_prepared"][0] for r in results)
+    print(f"\nA training step at ORIGINAL size on one GPU consumes about {GPU_TOKENS_PER_S:,} tokens/s "
+          f"(DESIGN.md, 'Scale and GPUs'); one core produces prepared window batches at "
+          f"{best / 1e6:.2f}M tokens/s, {best / GPU_TOKENS_PER_S:.1f}x that.")
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
