@@ -101,8 +101,9 @@ class Embedder:
         Returns the number of cached words. Tokens outside the list are still encoded on the fly.
         """
         words = list(dict.fromkeys([BOS_TOKEN, EOS_TOKEN, *words]))
+        width = self.model.config.char_cnn.max_characters_per_token
         chunks = [self.model.char_cnn.encode_tokens(
-                      words_to_char_ids(words[start : start + batch_size]).to(self.device))
+                      words_to_char_ids(words[start : start + batch_size], width).to(self.device))
                   for start in range(0, len(words), batch_size)]
         self._vocab = {w: i for i, w in enumerate(words)}
         self._vocab_vectors = torch.cat(chunks)
@@ -112,7 +113,8 @@ class Embedder:
         """Sentences -> the model's ``TokenBatch`` and, with a vocabulary cache, the vectors of
         its distinct tokens (cached rows looked up, the others encoded now)."""
         words, index = distinct_tokens(sentences)
-        tokens = TokenBatch(words_to_char_ids(words), torch.from_numpy(index)).to(self.device)
+        width = self.model.config.char_cnn.max_characters_per_token  # 50 in every released model
+        tokens = TokenBatch(words_to_char_ids(words, width), torch.from_numpy(index)).to(self.device)
         if self._vocab_vectors is None:
             return tokens, None
         rows = torch.tensor([self._vocab.get(w, -1) for w in words], dtype=torch.long, device=self.device)

@@ -250,6 +250,31 @@ def test_weights_left_over_by_the_options_are_refused(tmp_path, tiny_config, fie
         load_original(options, weights)
 
 
+def test_max_characters_per_token_other_than_50(tmp_path, tiny_config, capsys):
+    from elmo.chars import batch_to_ids
+
+    tiny_config.char_cnn.max_characters_per_token = 60
+    model = ElmoBiLM(tiny_config).eval()
+    save_original(model, tmp_path / "options.json", tmp_path / "weights.hdf5")
+    loaded = load_original(tmp_path / "options.json", tmp_path / "weights.hdf5")
+    assert loaded.config.char_cnn.max_characters_per_token == 60
+    long_word = "x" * 70  # truncated to 58 bytes + begin/end of word: needs all 60 positions
+    sentence = ["a", long_word, "b"]
+    got = Embedder(loaded, device="cpu").embed_sentence(sentence)
+    with torch.no_grad():
+        out = model(batch_to_ids([sentence], max_characters_per_token=60))
+    want = torch.stack([layer[0] for layer in out.layers]).numpy()  # boundaries removed: (L+1, 3, 12)
+    assert want.shape == (3, 3, 12)
+    cut = Embedder(loaded, device="cpu").embed_sentence(["a", "x" * 48, "b"])  # 50-wide truncation
+    assert np.abs(cut - got).max() > 1e-4  # the 10 extra characters are seen
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    (tmp_path / "in.txt").write_text(" ".join(sentence) + "\n", encoding="utf-8")
+    assert cli.main([str(tmp_path / "in.txt"), str(tmp_path / "o.hdf5"), "--quiet",
+                     "--options-file", str(tmp_path / "options.json"),
+                     "--weight-file", str(tmp_path / "weights.hdf5")]) == 0
+    np.testing.assert_allclose(_read(tmp_path / "o.hdf5")["0"], got, rtol=0, atol=1e-6)
+
+
 # -- point 6: non-finite weights ----------------------------------------------------------------
 def test_a_model_with_nan_weights_is_refused(tmp_path, tiny_config, src, capsys):
     model = ElmoBiLM(tiny_config)
