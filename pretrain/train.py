@@ -113,13 +113,14 @@ class StepMetrics(Mapping):
     def _read(self) -> dict:
         if self._values is None:
             fwd, bwd, norm, tokens, loss = self._device.tolist()
-            self._values = {**self._host, "tokens": self._host["tokens"](), "loss": loss,
-                            "forward_loss": fwd, "backward_loss": bwd, "grad_norm": norm,
-                            "batch_tokens": int(tokens)}
+            self._values = {"loss": loss, "forward_loss": fwd, "backward_loss": bwd,
+                            "grad_norm": norm, "batch_tokens": int(tokens)}
         return self._values
 
     def __getitem__(self, key):
-        if key in self._host and key != "tokens":
+        if key == "tokens":  # the run's total so far (another read)
+            return self._host["tokens"]()
+        if key in self._host:
             return self._host[key]
         return self._read()[key]
 
