@@ -13,8 +13,8 @@ see ``elmo.cells``). As in the original, 1.0 is added to the forget gate at run 
 (``FORGET_BIAS``): the stored bias is the original's, so weight files convert both ways bit for
 bit. Gate blocks are stored in the order (i, f, o, g) so one sigmoid covers three of them; the
 original stores (i, g, f, o) and the weight loader reorders. Matrices are stored (in, out), as
-in the original files: a (rows, P) @ (P, 4H) product with a contiguous right-hand side is about
-1.7x faster on CPU than one against a transposed (4H, P) weight.
+in the original files: a (rows, P) @ (P, 4H) product with a contiguous right-hand side is
+faster on CPU than one against a transposed (4H, P) weight.
 
 ``Lstm.step`` is the readable form: the packed loop of every stepped cell
 (``elmo.cells.base.SteppedLayer``) runs it one time step at a time, for the n rows still running
