@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     rows = []
     for name, source in (("ELMo", ["--model", args.model]), ("no ELMo", ["--no-elmo"])):
         out = os.path.join(args.out, name.replace(" ", "_").lower())
-        if elmo_task(["train", "ner", "--out", out, *source, *common]) != 0:
+        if elmo_task(["train", "ner", "--out", out, "--force", *source, *common]) != 0:  # a rerun replaces it
             return 1
         with open(os.path.join(out, "results.json")) as f:
             results = json.load(f)

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                     if args.threads:
                         sets += ["--set", f"num_threads={args.threads}"]
                     run(["train", task, "--train", files["train"], "--dev", files["dev"], "--test", files["test"],
-                         "--out", folder, *source, *extra[name], *sets, "--quiet"])
+                         "--out", folder, "--force", *source, *extra[name], *sets, "--quiet"])
                 with open(os.path.join(folder, "results.json")) as f:
                     results = json.load(f)
                 row = {"seed": seed, "best_epoch": results["best_epoch"], "epochs": results["epochs"],

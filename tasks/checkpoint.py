@@ -11,6 +11,7 @@ The ELMo is copied rather than referenced so the folder keeps working when the o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Optional
@@ -19,12 +20,25 @@ import torch
 from torch import nn
 
 from elmo import ElmoBiLM
-from elmo.io import atomic_open, write_json_atomic
+from elmo.io import DiskFullError, atomic_open, write_json_atomic
 from tasks.config import TaskConfig
 from tasks.data import Vocabulary
 
 CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, ELMO_DIR = "task_config.json", "vocab.json", "model.pt", "elmo"
 BILM_PREFIX = "encoder.bilm."
+
+
+@contextlib.contextmanager
+def _damaged(path: str):
+    """A file of the model folder that cannot be read: one line naming it, not a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, DiskFullError):
+        raise
+    except Exception as e:  # torch / pickle / zip / JSON errors of a truncated or foreign file
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {detail}); the model folder is "
+                         "damaged or incomplete: train it again or restore it from a copy") from None
 
 
 def get_task(name: str):
@@ -83,14 +97,24 @@ def load_model(directory: str, device: str = "cpu"):
     cfg = TaskConfig.load(path)
     cfg.device = device
     task = get_task(cfg.task)
-    with open(os.path.join(directory, VOCAB_NAME), encoding="utf-8") as f:
-        vocab = json.load(f)
-    words = Vocabulary(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
-    labels = Vocabulary(vocab["labels"], specials=False)
-    bilm = ElmoBiLM.from_pretrained(os.path.join(directory, ELMO_DIR)) if cfg.use_elmo else None
+    vocab_path = os.path.join(directory, VOCAB_NAME)
+    with _damaged(vocab_path):
+        with open(vocab_path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        words = Vocabulary(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
+        labels = Vocabulary(vocab["labels"], specials=False)
+    if cfg.use_elmo:
+        with _damaged(os.path.join(directory, ELMO_DIR)):
+            bilm = ElmoBiLM.from_pretrained(os.path.join(directory, ELMO_DIR))
+    else:
+        bilm = None
     model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{directory}: {WEIGHTS_NAME} is missing (training did not finish an epoch)")
-    load_head_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    with _damaged(weights):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"a state_dict was expected, found a {type(state).__name__}")
+    load_head_state(model, state)
     return cfg, task, words, labels, model.to(torch.device(device)).eval()

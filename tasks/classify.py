@@ -26,7 +26,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
         self.dropout = Dropout(cfg.dropout)
-        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout)
+        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout,
+                                    cfg.lstm_residual)
         self.mlp = nn.Sequential(nn.Linear(2 * self.lstm.output_dim, cfg.mlp_dim), nn.ReLU(),
                                  Dropout(cfg.dropout), nn.Linear(cfg.mlp_dim, num_labels))
 

@@ -2,9 +2,9 @@
 
     elmo-task train {ner,srl,classify} --train F --dev F [--test F] --out DIR
               (--model ELMO_DIR | --options-file O --weight-file W | --no-elmo)
-              [--config JSON] [--epochs N] [--set FIELD=VALUE ...]
+              [--config JSON] [--epochs N] [--threads N] [--set FIELD=VALUE ...] [--force]
     elmo-task evaluate DIR --data F [--json]
-    elmo-task predict DIR --data F --output F
+    elmo-task predict DIR --data F --output F [--force]
     elmo-task split FILE_OR_FOLDER --out DIR [--label-column C] [--dev 0.1] [--test 0.1] [--seed 0]
 
 ``--set`` takes any field of tasks.config.TaskConfig (``--set lr=0.002 --set max_train=1000``).
@@ -28,8 +28,9 @@ import torch
 
 from elmo import ElmoBiLM, load_original
 from elmo.config import write_json_atomic
+from elmo.io import DiskFullError, atomic_open, check_output
 from tasks.cache import LayerCache
-from tasks.checkpoint import get_task, load_model, save_setup, save_weights
+from tasks.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup, save_weights
 from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
 from tasks.data import BatchMaker, Vocabulary
 from tasks.metrics import format_conlleval
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune", action="store_true", help="train the biLM too (no cache)")
     t.add_argument("--device")
     t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads (the num_threads field; 0 = torch's default)")
+    t.add_argument("--force", action="store_true", help="replace a model already in --out")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     t.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
     e = sub.add_parser("evaluate", help="score a model folder on labelled data")
@@ -71,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="tag or classify a file with a model folder")
     r.add_argument("model_dir")
     r.add_argument("--data", required=True)
-    r.add_argument("--output", required=True)
+    r.add_argument("--output", required=True, help="the file to write (never one of the inputs)")
+    r.add_argument("--force", action="store_true", help="replace --output if it exists")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     r.add_argument("--quiet", action="store_true")
@@ -93,7 +97,7 @@ def _config(args: argparse.Namespace) -> TaskConfig:
             overrides.update(json.load(f))
     overrides.update(parse_set(args.set))
     for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("device", "device"),
-                        ("seed", "seed")):
+                        ("seed", "seed"), ("threads", "num_threads")):
         if getattr(args, flag) is not None:
             overrides[field] = getattr(args, flag)
     if args.fine_tune:
@@ -123,7 +127,42 @@ def _subset(instances: list, n: int) -> list:
     return instances[:n] if n > 0 else instances
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """The ELMo flags and the output folder, before any data is read."""
+    if args.weight_file and not args.options_file:
+        raise ValueError("--weight-file goes with --options-file (the original ELMo format)")
+    if args.options_file and not args.weight_file:
+        raise ValueError("--options-file needs --weight-file (the original ELMo weights hdf5)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file; give a folder for the task model")
+    existing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if os.path.exists(os.path.join(args.out, n))]
+    if existing and not args.force:
+        raise ValueError(f"--out {args.out} already holds a task model ({', '.join(existing)}); pass "
+                         "--force to replace it, or choose another folder")
+
+
+def _warn_unseen(name: str, data: list, train_data: list) -> None:
+    """Dev/test labels (classify) or tag types (ner, srl) that training never saw: they can never
+    be predicted, e.g. ``1.0`` in dev for ``1`` in training (a silent 0 otherwise)."""
+    def kinds(x) -> list:
+        if x.label is not None:
+            return [x.label]
+        return [t.split("-", 1)[1] if "-" in t else t for t in x.tags or [] if t != "O"]
+
+    seen = {k for x in train_data for k in kinds(x)}
+    unseen: dict = {}
+    for x in data:
+        for k in kinds(x):
+            if k not in seen:
+                unseen[k] = unseen.get(k, 0) + 1
+    if unseen:
+        listed = ", ".join(f"{k!r} ({n}x)" for k, n in sorted(unseen.items(), key=lambda kv: -kv[1])[:10])
+        logger.warning("%s: labels never seen in training: %s; the model cannot predict them "
+                       "(training has %s)", name, listed, sorted(seen)[:20])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_train_args(args)
     cfg = _config(args)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -141,6 +180,9 @@ def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
     train_data = _subset(task.read(args.train, cfg), cfg.max_train)
     dev_data = _subset(task.read(args.dev, cfg), cfg.max_eval)
     test_data = _subset(task.read(args.test, cfg), cfg.max_eval) if args.test else None
+    for name, data in (("--dev " + args.dev, dev_data), ("--test " + str(args.test), test_data)):
+        if data:
+            _warn_unseen(name, data, train_data)
     labels = task.setup(train_data, cfg)
     train_targets = task.targets(train_data, cfg)
     words = (Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count, cfg.lowercase_words)
@@ -208,15 +250,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    model_files = [os.path.join(args.model_dir, n) for n in (CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME)]
+    check_output(args.output, inputs=[args.data, *model_files], force=args.force, what="--output")
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.progress = not args.quiet
     data = _read_for_prediction(task, cfg, args.data)
     maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars())
     predictions = task.decode(predict(model, data, maker, cfg), labels, cfg)
-    tmp = f"{args.output}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(args.output, "w") as f:
         task.write(data, predictions, f)
-    os.replace(tmp, args.output)
     logger.info("wrote %d predictions to %s", len(data), args.output)
     return 0
 
@@ -226,7 +268,7 @@ def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     threads = torch.get_num_threads()
-    if getattr(args, "threads", 0) > 0:
+    if (getattr(args, "threads", 0) or 0) > 0:
         torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
@@ -238,7 +280,7 @@ def main(argv: Optional[list] = None) -> int:
             print(json.dumps(paths))
             return 0
         return cmd_predict(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, DiskFullError) as e:
         print(f"elmo-task {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -52,6 +52,7 @@ class TaskConfig(JsonConfig):
     # -- head ----------------------------------------------------------------------------------
     hidden_dim: int = 200  # per direction
     num_lstm_layers: int = 2
+    lstm_residual: bool = False  # layers after the first add their input (srl's deep BiLSTM)
     dropout: float = 0.5
     predicate_dim: int = 100  # srl: predicate indicator embedding
     mlp_dim: int = 200  # classify
@@ -93,7 +94,7 @@ class TaskConfig(JsonConfig):
 TASK_DEFAULTS = {
     "ner": {"tag_scheme": "bioul", "elmo_dropout": 0.0},
     "srl": {"tag_scheme": "bio", "elmo_dropout": 0.1, "hidden_dim": 300, "num_lstm_layers": 4,
-            "dropout": 0.1},
+            "lstm_residual": True, "dropout": 0.1},
     "classify": {"elmo_dropout": 0.5, "hidden_dim": 300, "num_lstm_layers": 1, "dropout": 0.3},
 }
 

@@ -31,7 +31,8 @@ class CrfTagger(nn.Module):
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
         self.dropout = Dropout(cfg.dropout)
-        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout)
+        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout,
+                                    cfg.lstm_residual)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
         self.crf = ConditionalRandomField(len(labels), allowed_transitions(labels, cfg.tag_scheme))
 

@@ -20,6 +20,7 @@ Every reader returns a list of ``Instance`` (tokens plus the task's target). Mal
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -43,19 +44,51 @@ class Instance:
     source: str = ""  # "file:line" where the example starts
 
 
+def _not_utf8(path: str, number: int, byte: int, column: int) -> DataError:
+    return DataError(f"{path}:{number}: byte {byte:#04x} at column {column} is not UTF-8; convert "
+                     "the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, split at ``\\n`` only: a lone ``\\r`` inside a line
+    does not split it (a ``\\r\\n`` ending is removed). Bytes that are not UTF-8 raise a
+    ``DataError`` naming the file and line instead of being replaced."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, number, raw[e.start], e.start + 1) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
+            yield number, line.removesuffix("\n").removesuffix("\r")
+
+
+def read_text(path: str) -> str:
+    """A whole UTF-8 file (byte-order mark dropped, newlines as they are); bytes that are not
+    UTF-8 raise a ``DataError`` naming the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, raw[e.start],
+                        e.start - line_start + 1) from None
+
+
 def _blocks(path: str, comment: Optional[str] = None) -> Iterator[tuple[int, list[tuple[int, list[str]]]]]:
     """Blank-line separated blocks of whitespace-split lines: (first line number, [(line, columns)])."""
     block: list[tuple[int, list[str]]] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if comment and line.startswith(comment):
-                continue
-            columns = line.split()
-            if columns:
-                block.append((number, columns))
-            elif block:
-                yield block[0][0], block
-                block = []
+    for number, line in text_lines(path):
+        if comment and line.startswith(comment):
+            continue
+        columns = line.split()
+        if columns:
+            block.append((number, columns))
+        elif block:
+            yield block[0][0], block
+            block = []
     if block:
         yield block[0][0], block
 
@@ -228,27 +261,24 @@ def read_classification(path: str, text_column: str = "text", label_column: str 
         for c in classes:
             for name in sorted(os.listdir(os.path.join(path, c))):
                 file = os.path.join(path, c, name)
-                with open(file, encoding="utf-8", errors="replace") as f:
-                    out.append(make(f.read(), c, file))
+                out.append(make(read_text(file), c, file))
         return out
     if path.endswith((".jsonl", ".json")):
         out = []
-        with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number}: not a JSON object ({e})") from None
-                if not isinstance(row, dict) or text_column not in row or (with_labels and label_column not in row):
-                    raise DataError(f"{path}:{number}: expected a JSON object with keys {text_column!r}"
-                                    f"{' and ' + repr(label_column) if with_labels else ''}")
-                out.append(make(row[text_column], row.get(label_column), f"{path}:{number}"))
+        for number, line in text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not a JSON object ({e})") from None
+            if not isinstance(row, dict) or text_column not in row or (with_labels and label_column not in row):
+                raise DataError(f"{path}:{number}: expected a JSON object with keys {text_column!r}"
+                                f"{' and ' + repr(label_column) if with_labels else ''}")
+            out.append(make(row[text_column], row.get(label_column), f"{path}:{number}"))
         return out
     delimiter = "\t" if path.endswith((".tsv", ".tab")) else ","
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter))
     # a header row exists when a column is named; the label column counts only when labels are read
     numeric = [text_column] + ([label_column] if with_labels else [])
     named = not all(c.lstrip("-").isdigit() for c in numeric)

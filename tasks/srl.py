@@ -35,7 +35,7 @@ class SrlTagger(nn.Module):
         self.predicate_embedding = nn.Embedding(2, cfg.predicate_dim)
         self.dropout = Dropout(cfg.dropout)
         self.lstm = SequenceEncoder(self.encoder.output_dim + cfg.predicate_dim, cfg.hidden_dim,
-                                    cfg.num_lstm_layers, cfg.dropout)
+                                    cfg.num_lstm_layers, cfg.dropout, cfg.lstm_residual)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
         trans, start, end = constraint_scores(allowed_transitions(labels, "bio"))
         self.register_buffer("transitions", trans, persistent=False)

@@ -1,5 +1,7 @@
 """Training loop for the task heads: Adam, gradient clipping, L2 on the scalar-mix weights, early
-stopping on the dev metric with patience, the best checkpoint kept, metrics per epoch in JSON lines.
+stopping on the dev metric with patience (counted once the metric has left its value after
+epoch 1, so a slow start is not taken for convergence; a stall is logged), the best checkpoint
+kept, metrics per epoch in JSON lines.
 
 ``train(model, task, cfg, ...)`` works for every head: a head has ``loss(batch)`` and
 ``predict(batch)``, and ``task`` is one of the modules ner / srl / classify (their ``decode`` and
@@ -67,6 +69,9 @@ def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
         return nn.utils.clip_grad_norm_(params, max_norm)
 
 
+_STALL_REPORTS = {3, 5, 10, 20, 40, 80, 160}  # epochs at which a stall is reported (not every one)
+
+
 def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Instance],
           dev_data: Sequence[Instance], maker: BatchMaker, labels: Vocabulary, log_path: Optional[str] = None,
           on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
@@ -78,7 +83,9 @@ def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Insta
     Each epoch appends to ``log_path`` one JSON object: epoch, train_loss, train_seconds (the
     training pass), seconds (with the dev scoring), bilm_calls (biLM forward passes in the epoch,
     training and dev scoring; 0 with cached layers), dev_<metric>, the scalar-mix weights and
-    gamma, and whether it was the best so far. Returns {"best_epoch", "best_dev_<metric>", "epochs"}.
+    gamma, whether it was the best so far, and ``stalled`` (the dev metric has not yet left its value
+    after epoch 1; early stopping's patience is not counted then). Returns {"best_epoch",
+    "best_dev_<metric>", "epochs"}.
     """
     device = torch.device(cfg.device)
     model.to(device)
@@ -87,6 +94,7 @@ def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Insta
     rng = random.Random(cfg.seed)
     metric = task.METRIC
     best, best_epoch, best_state, bad_epochs = float("-inf"), 0, None, 0
+    start_value, moved = None, False  # patience counts once the dev metric has left epoch 1's value
     bilm = getattr(model.encoder, "bilm", None)
     bilm_calls = [0]
     hook = bilm.register_forward_hook(lambda *_: bilm_calls.__setitem__(0, bilm_calls[0] + 1)) if bilm else None
@@ -120,22 +128,35 @@ def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Insta
                 record["mix_weights"] = model.encoder.scalar_mix.weights().tolist()
                 record["mix_gamma"] = float(model.encoder.scalar_mix.gamma.detach())
             improved = scores[metric] > best
+            if start_value is None:
+                start_value = scores[metric]
+            moved = moved or scores[metric] != start_value
             if improved:
                 best, best_epoch, bad_epochs = scores[metric], epoch, 0
                 best_state = head_state(model, include_bilm=cfg.fine_tune)
                 if on_best is not None:
                     on_best(model, epoch, scores)
-            else:
+            elif moved:
                 bad_epochs += 1
             record["best"] = improved
+            record["stalled"] = not moved and epoch > 1
             logger.info("epoch %d: loss %.4f, dev %s %.2f%s (%.1f s)", epoch, record["train_loss"], metric,
                         scores[metric], " (best)" if improved else "", record["seconds"])
+            if record["stalled"] and epoch in _STALL_REPORTS:
+                logger.warning("epoch %d: dev %s is still %.2f, its value after epoch 1 (train loss %.4f): "
+                               "training has stalled; early stopping waits until the metric moves "
+                               "(more epochs, a higher lr or smaller batches may help)", epoch, metric,
+                               start_value, record["train_loss"])
             if log:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if bad_epochs >= cfg.patience:
                 logger.info("no dev improvement for %d epochs: stopping early", bad_epochs)
                 break
+        if epoch > 1 and not moved:
+            logger.warning("dev %s never left its value after epoch 1 (%.2f) in %d epochs: the model "
+                           "did not learn; try more epochs, a higher lr or smaller batches", metric,
+                           start_value, epoch)
     finally:
         if hook:
             hook.remove()

@@ -88,7 +88,7 @@ def test_ner_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     # a file of tokens only gets token + prediction columns
     tokens_only = tmp_path / "tokens.txt"
     tokens_only.write_text("Ann\nwent\nto\nOslo\n\nBob\n")
-    run(capsys, ["predict", out, "--data", str(tokens_only), "--output", pred, "--quiet"])
+    run(capsys, ["predict", out, "--data", str(tokens_only), "--output", pred, "--force", "--quiet"])
     lines = open(pred).read().split("\n")
     assert [len(line.split()) for line in lines] == [2, 2, 2, 2, 0, 2, 0, 0]
 

@@ -1,0 +1,242 @@
+"""elmo-task given what a user may try (issue 14): predict never overwrites its input or an
+existing file without --force, a damaged model folder and a full disk are one line with exit
+code 2, bad bytes name the file and line, a lone \\r does not split a line, unseen dev labels are
+reported, and early stopping waits for the dev metric to move (issue 14 point 9)."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from tasks.cli import main
+from tasks.config import TaskConfig
+from tasks.readers import DataError, read_classification, read_conll2003
+from tasks.train import train
+
+SMALL = ["--set", "hidden_dim=8", "--set", "word_dim=8", "--set", "char_dim=6", "--set", "mlp_dim=8",
+         "--set", "char_filters=1:4,2:4", "--set", "num_lstm_layers=1", "--threads", "1", "--batch-size", "4",
+         "--quiet"]
+
+
+def ner_file(path, n=8):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(f"{['Ann', 'Bob', 'Dev'][i % 3]} B-PER\nwent O\nto O\n{['Paris', 'Oslo'][i % 2]} B-LOC\n\n")
+    return str(path)
+
+
+def fails(capsys, argv):
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    data = ner_file(root / "train.txt")
+    out = str(root / "model")
+    assert main(["train", "ner", "--train", data, "--dev", data, "--out", out, "--no-elmo", "--epochs", "1",
+                 *SMALL]) == 0
+    return out, data
+
+
+def test_predict_refuses_its_input_and_an_existing_output(model_dir, tmp_path, capsys):
+    out, data = model_dir
+    before = open(data, "rb").read()
+    err = fails(capsys, ["predict", out, "--data", data, "--output", data, "--quiet"])
+    assert f"--output {data} is the input file {data}" in err
+    link = tmp_path / "link.txt"
+    link.symlink_to(data)
+    err = fails(capsys, ["predict", out, "--data", data, "--output", str(link), "--force", "--quiet"])
+    assert "is the input file" in err  # --force never allows writing over the input
+    assert open(data, "rb").read() == before
+    fails(capsys, ["predict", out, "--data", data, "--output", os.path.join(out, "model.pt"), "--force", "--quiet"])
+    existing = tmp_path / "pred.txt"
+    existing.write_text("mine\n")
+    err = fails(capsys, ["predict", out, "--data", data, "--output", str(existing), "--quiet"])
+    assert "already exists; pass --force" in err and existing.read_text() == "mine\n"
+    assert main(["predict", out, "--data", data, "--output", str(existing), "--force", "--quiet"]) == 0
+    assert existing.read_text().startswith("Ann B-PER ")
+
+
+def test_train_refuses_a_folder_holding_a_model(model_dir, capsys):
+    out, data = model_dir
+    weights = open(os.path.join(out, "model.pt"), "rb").read()
+    err = fails(capsys, ["train", "ner", "--train", data, "--dev", data, "--out", out, "--no-elmo", *SMALL])
+    assert f"--out {out} already holds a task model (task_config.json, model.pt); pass --force" in err
+    assert open(os.path.join(out, "model.pt"), "rb").read() == weights
+
+
+def test_a_damaged_model_folder_is_one_line(model_dir, tmp_path, capsys):
+    import shutil
+
+    out, data = model_dir
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    weights = os.path.join(copy, "model.pt")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    err = fails(capsys, ["evaluate", copy, "--data", data, "--quiet"])
+    assert f"{weights}: cannot be read (" in err and "damaged" in err
+    fails(capsys, ["predict", copy, "--data", data, "--output", str(tmp_path / "p.txt"), "--quiet"])
+    with open(os.path.join(copy, "vocab.json"), "w") as f:
+        f.write('{"words": [')
+    assert "vocab.json: cannot be read (JSONDecodeError" in fails(capsys, ["evaluate", copy, "--data", data])
+
+
+def test_a_full_disk_while_saving_the_model_is_one_line(tmp_path, capsys, monkeypatch):
+    data = ner_file(tmp_path / "train.txt")
+
+    def no_space(obj, f, *args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed; "
+                           "unexpected pos 512 vs 256")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    err = fails(capsys, ["train", "ner", "--train", data, "--dev", data, "--out", str(tmp_path / "m"),
+                         "--no-elmo", "--epochs", "1", *SMALL])
+    assert "model.pt: no space left on the device (" in err
+    assert not [f for f in os.listdir(tmp_path / "m") if ".tmp." in f]
+
+
+def test_bad_bytes_name_the_file_and_line_and_a_lone_cr_does_not_split(tmp_path, capsys):
+    conll = tmp_path / "latin1.txt"
+    conll.write_bytes(b"Ann B-PER\nwent O\n\nJos\xe9 B-PER\n")
+    with pytest.raises(DataError, match=r"latin1.txt:4: byte 0xe9 at column 4 is not UTF-8"):
+        read_conll2003(str(conll))
+    err = fails(capsys, ["train", "ner", "--train", str(conll), "--dev", str(conll), "--out",
+                         str(tmp_path / "m"), "--no-elmo", *SMALL])
+    assert "latin1.txt:4: byte 0xe9" in err
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_bytes(b"label,text\n1,good\n0,caf\xe9 bad\n")
+    with pytest.raises(DataError, match=r"c.csv:3: byte 0xe9 at column 6"):
+        read_classification(str(csv_file))
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes(b"Ann B-PER\nwent\rO\n\nBob B-PER\n")  # one line "went O", not "went" and "O"
+    assert [(x.tokens, x.tags) for x in read_conll2003(str(cr))] == [(["Ann", "went"], ["B-PER", "O"]),
+                                                                     (["Bob"], ["B-PER"])]
+    cr.write_bytes(b"Ann B-PER\r\nwent O\r\n\r\nBob B-PER\r\n")  # CRLF files still read
+    assert [x.tokens for x in read_conll2003(str(cr))] == [["Ann", "went"], ["Bob"]]
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_bytes(b'{"text": "a\\rb", "label": 1}\r\n{"text": "c", "label": 0}\n')
+    assert [x.tokens for x in read_classification(str(jsonl))] == [["a", "b"], ["c"]]
+
+
+def test_labels_never_seen_in_training_are_reported(tmp_path, caplog):
+    from tasks.cli import _warn_unseen
+    from tasks.readers import Instance
+
+    train_data = [Instance(["a"], label="1"), Instance(["b"], label="-1")]
+    dev = [Instance(["c"], label="1.0"), Instance(["d"], label="1.0"), Instance(["e"], label="1")]
+    with caplog.at_level(logging.WARNING, logger="tasks.cli"):
+        _warn_unseen("--dev d.csv", dev, train_data)
+    assert "--dev d.csv: labels never seen in training: '1.0' (2x)" in caplog.text
+    caplog.clear()
+    tagged = [Instance(["x"], tags=["B-PER"]), Instance(["y", "z"], tags=["B-LOC", "I-LOC"])]
+    with caplog.at_level(logging.WARNING, logger="tasks.cli"):
+        _warn_unseen("--test t", [Instance(["q", "r"], tags=["B-ORG", "I-ORG"])] + tagged, tagged)
+    assert "--test t: labels never seen in training: 'ORG' (2x)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tasks.cli"):
+        _warn_unseen("--dev d", tagged, tagged)
+    assert caplog.text == ""
+
+
+class _Scripted:
+    """A task whose dev metric follows a script (the model is a trivial linear layer)."""
+
+    METRIC = "f1"
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def decode(self, predicted, labels, cfg):
+        return predicted
+
+    def evaluate(self, instances, predictions):
+        return {"f1": self.values.pop(0)}
+
+
+class _Head(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.encoder = type("E", (), {"scalar_mix": None, "bilm": None})()
+
+    def loss(self, batch):
+        return (self.w ** 2).sum()
+
+    def predict(self, batch):
+        return [0 for _ in batch.index]
+
+
+class _Maker:
+    def batches(self, instances, batch_size, shuffle=False, rng=None, with_targets=True):
+        from tasks.data import Batch
+
+        yield Batch(mask=torch.ones(1, 1, dtype=torch.bool), index=list(range(len(instances))))
+
+
+@pytest.mark.parametrize("values, epochs", [
+    ([0.0] * 8 + [5.0, 4.0, 3.0], 11),  # 8 epochs at the start value, then 2 without improvement
+    ([10.0, 20.0, 15.0, 15.0, 30.0], 4),  # left the start at epoch 2: patience 2 ends it at epoch 4
+])
+def test_patience_counts_once_the_dev_metric_has_left_its_start(values, epochs, caplog):
+    from tasks.readers import Instance
+
+    cfg = TaskConfig(task="classify", use_elmo=False, patience=2, epochs=len(values), progress=False,
+                     mix_l2=0.0)
+    data = [Instance(["a"], label="x")]
+    with caplog.at_level(logging.INFO, logger="tasks.train"):
+        summary = train(_Head(), _Scripted(values), cfg, data, data, _Maker(), None)
+    assert summary["epochs"] == epochs
+    assert summary["best_dev_f1"] == max(values[:epochs])
+    if values[0] == 0.0:
+        assert "epoch 5: dev f1 is still 0.00, its value after epoch 1" in caplog.text
+        assert "training has stalled" in caplog.text
+
+
+def test_a_run_that_never_learns_says_so(caplog):
+    from tasks.readers import Instance
+
+    cfg = TaskConfig(task="classify", use_elmo=False, patience=2, epochs=6, progress=False, mix_l2=0.0)
+    data = [Instance(["a"], label="x")]
+    with caplog.at_level(logging.INFO, logger="tasks.train"):
+        summary = train(_Head(), _Scripted([0.0] * 6), cfg, data, data, _Maker(), None)
+    assert summary["epochs"] == 6  # patience never ran out: the metric never moved
+    assert "dev f1 never left its value after epoch 1 (0.00) in 6 epochs" in caplog.text
+
+
+def test_residual_deep_bilstm_adds_each_later_layer_input():
+    from tasks.encoder import SequenceEncoder
+
+    torch.manual_seed(0)
+    deep = SequenceEncoder(6, 3, 2, 0.0, residual=True)
+    first, second = SequenceEncoder(6, 3, 1, 0.0), SequenceEncoder(6, 3, 1, 0.0)
+    first.layers[0].load_state_dict(deep.layers[0].state_dict())
+    second.layers[0].load_state_dict(deep.layers[1].state_dict())
+    x = torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    h1 = first(x, mask)
+    expected = second(h1, mask) + h1
+    torch.testing.assert_close(deep(x, mask), expected, rtol=0, atol=1e-6)
+    assert deep(x, mask)[1, 3:].abs().max() == 0  # padding stays zero
+    plain = SequenceEncoder(6, 3, 2, 0.0)
+    plain.load_state_dict(deep.state_dict())
+    torch.testing.assert_close(plain(x, mask), second(h1, mask), rtol=0, atol=1e-6)
+
+
+def test_srl_defaults_use_the_residual_stack_and_old_configs_load_without_it(tmp_path):
+    from tasks.config import resolve_config
+
+    assert resolve_config("srl", {}).lstm_residual is True
+    assert resolve_config("ner", {}).lstm_residual is False
+    old = resolve_config("srl", {}).to_dict()
+    del old["lstm_residual"]  # a task_config.json written before the field existed
+    (tmp_path / "task_config.json").write_text(json.dumps(old))
+    assert TaskConfig.load(tmp_path / "task_config.json").lstm_residual is False
