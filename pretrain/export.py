@@ -12,13 +12,14 @@ adapted to a new domain whose vocabulary differs.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from typing import NamedTuple, Optional
 
 import torch
 
-from elmo.io import OutputPathError, atomic_open, check_output, copy_atomic, same_file
+from elmo.io import OutputPathError, atomic_open, check_output, clean_orphans, copy_atomic, same_file
 from elmo.model import ElmoBiLM
 from elmo.weights import save_original
 from pretrain.lm import BidirectionalLM
@@ -119,6 +120,10 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
         seen.append((flag, path))
     if vocab_file and not os.path.isfile(os.path.join(model_dir, VOCAB_NAME)):
         raise FileNotFoundError(f"{model_dir}: no {VOCAB_NAME} to export (it is written by elmo-pretrain)")
+    for _, path in seen:  # temporary files of an earlier, killed export of the same outputs
+        for orphan in clean_orphans(os.path.dirname(os.path.abspath(path)),
+                                    glob.escape(os.path.basename(path))):
+            logger.info("removed %s (left by a process that no longer runs)", orphan)
     model = ElmoBiLM.from_pretrained(model_dir)
     save_original(model, options_file, weight_file)
     if vocab_file:

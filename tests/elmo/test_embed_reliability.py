@@ -147,7 +147,11 @@ def test_export_refuses_existing_outputs_and_its_inputs(tmp_path, model_dir, cap
     assert _export(model_dir, tmp_path, "--force", "--vocab", str(tmp_path / "vocab.txt")) == 2
     assert "no vocab.txt to export" in capsys.readouterr().err
     assert (tmp_path / "vocab.txt").read_text(encoding="utf-8") == "mine"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f"w.hdf5.tmp.{dead}").write_bytes(b"left by a killed export")
     assert _export(model_dir, tmp_path, "--force") == 0
+    assert not (tmp_path / f"w.hdf5.tmp.{dead}").exists()
     assert json.loads((tmp_path / "options.json").read_text(encoding="utf-8"))["lstm"]["dim"] == 12
     assert sorted(os.listdir(tmp_path)) == sorted(["options.json", "w.hdf5", "vocab.txt", "model"])
 
