@@ -3,9 +3,9 @@
 Every cell is one direction of one biLM layer with the interface of ``elmo.cells.base``: packed
 time-major inputs, a per-row final state, stored initial state buffers and an output projected
 to the biLM's size P. The stepped cells (all but SRU and QRNN) only say how one step updates
-their state; one packed time loop (``SteppedLayer.forward``) runs them all. The biLM stacks them, runs them in both
-directions and handles padding and stateful use, so a cell is chosen by one config field,
-``BiLMConfig.cell``:
+their state; one packed time loop (``SteppedLayer.forward``) runs them all. The biLM stacks
+them, runs them in both directions and handles padding and stateful use, so a cell is chosen by
+one config field, ``BiLMConfig.cell``:
 
     lstm            the original cell (elmo.lstm.Lstm; fused in elmo.kernels when plain)
     elman           Elman 1990                     jordan          Jordan 1986
