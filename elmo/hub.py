@@ -259,11 +259,10 @@ def sha256_of(path: str) -> str:
 
 def write_digest(path: str) -> str:
     """Write ``PATH.sha256`` (``sha256sum`` format) for a file; returns the digest."""
+    from elmo.io import write_text_atomic
+
     digest = sha256_of(path)
-    tmp = f"{path}.sha256.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{digest}  {os.path.basename(path)}\n")
-    os.replace(tmp, path + ".sha256")
+    write_text_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
     return digest
 
 

@@ -18,6 +18,7 @@ from typing import Optional, Union
 import torch
 
 from elmo.hub import WEIGHT_NAMES, write_digest
+from elmo.io import atomic_path
 
 SAFETENSORS_NAME, TORCH_NAME = WEIGHT_NAMES  # "elmo_weights.safetensors", "elmo_weights.pt"
 
@@ -46,19 +47,14 @@ def save_weights(state: dict, directory: Union[str, os.PathLike],
     os.makedirs(directory, exist_ok=True)
     name, stale = (SAFETENSORS_NAME, TORCH_NAME) if safe_serialization else (TORCH_NAME, SAFETENSORS_NAME)
     path = os.path.join(directory, name)
-    tmp = f"{path}.tmp.{os.getpid()}"
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    try:
+    with atomic_path(path) as tmp:  # PATH.tmp.PID, replaced when complete; a full disk: DiskFullError
         if safe_serialization:
             from safetensors.torch import save_file
 
             save_file(tensors, tmp, metadata={"format": "pt"})
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     if checksum:
         write_digest(path)
     for old in (os.path.join(directory, stale), os.path.join(directory, stale + ".sha256")):

@@ -3,7 +3,7 @@
     elmo-pretrain --train FILES... [--heldout FILES...] --out DIR
                   [--preset NAME | --config JSON] [--max-tokens N | --max-steps N | --epochs N]
                   [--resume] [--init MODEL] [--vocab FILE] [--set FIELD=VALUE ...] [options]
-    elmo-export DIR --options-file O --weight-file W [--vocab V] [--force]
+    elmo-export DIR [--options-file O --weight-file W [--vocab V]] [--onnx MODEL.onnx] [--force]
 
 Under ``torchrun --nproc_per_node=N`` the same command trains with DDP (one data shard per
 process, only rank 0 writes).
@@ -171,24 +171,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="elmo-export",
-                                description="Write a trained model in the original ELMo format.")
-    p.add_argument("model_dir", metavar="DIR", help="an elmo-pretrain output directory (or any model dir)")
-    p.add_argument("--options-file", required=True, help="the options.json to write")
-    p.add_argument("--weight-file", required=True, help="the weights .hdf5 to write")
+    p = argparse.ArgumentParser(
+        prog="elmo-export",
+        description="Write a model in the original ELMo format (--options-file + --weight-file) "
+                    "and/or as an ONNX graph for serving (--onnx).")
+    p.add_argument("model_dir", metavar="MODEL", help="an elmo-pretrain output directory, or any model "
+                                                      "(a folder, an http(s) URL, a hub id org/name[@rev])")
+    p.add_argument("--options-file", help="the options.json to write")
+    p.add_argument("--weight-file", help="the weights .hdf5 to write")
     p.add_argument("--vocab", help="also copy the vocabulary (one word per line) here")
+    p.add_argument("--onnx", metavar="FILE", help="write the stateless inference biLM (char ids -> "
+                   "layers, dynamic batch and length) as ONNX (extra [onnx])")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pretrain.export import export_original
+    if bool(args.options_file) != bool(args.weight_file):
+        print("elmo-export: error: --options-file and --weight-file go together", file=sys.stderr)
+        return 2
+    if not args.options_file and not args.onnx:
+        print("elmo-export: error: nothing to write; give --options-file and --weight-file, --onnx FILE, "
+              "or both", file=sys.stderr)
+        return 2
+    if args.vocab and not args.options_file:
+        print("elmo-export: error: --vocab goes with --options-file/--weight-file", file=sys.stderr)
+        return 2
+    from pretrain.export import export_onnx_file, export_original
 
+    written = []
     try:
-        export_original(args.model_dir, args.options_file, args.weight_file, args.vocab,
-                        force=args.force)
-    except (ValueError, OSError) as e:  # also a full disk (elmo.io.DiskFullError)
+        if args.options_file:
+            export_original(args.model_dir, args.options_file, args.weight_file, args.vocab,
+                            force=args.force)
+            written += [args.options_file, args.weight_file] + ([args.vocab] if args.vocab else [])
+        if args.onnx:
+            export_onnx_file(args.model_dir, args.onnx, force=args.force)
+            written.append(args.onnx)
+    except (ValueError, OSError, ImportError) as e:  # also a full disk (elmo.io.DiskFullError)
         print(f"elmo-export: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.options_file} and {args.weight_file}" + (f" and {args.vocab}" if args.vocab else ""))
+    print("wrote " + " and ".join(written))
     return 0
 
 

@@ -128,3 +128,12 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
     save_original(model, options_file, weight_file)
     if vocab_file:
         copy_atomic(os.path.join(model_dir, VOCAB_NAME), vocab_file)
+
+
+def export_onnx_file(model: str, onnx_file: str, force: bool = True) -> str:
+    """Write ``model`` (any ``ElmoBiLM.from_pretrained`` source) as ONNX (``elmo.onnx_export``)."""
+    from elmo.onnx_export import export_onnx
+
+    inputs = [os.path.join(model, n) for n in sorted(os.listdir(model))] if os.path.isdir(model) else []
+    check_output(onnx_file, inputs=inputs, force=force, what="--onnx")
+    return export_onnx(ElmoBiLM.from_pretrained(model), onnx_file)

@@ -1,0 +1,216 @@
+"""ONNX export of the stateless inference biLM, for serving with onnxruntime (extra ``[onnx]``).
+
+    export_onnx(model, "elmo.onnx")          # or: elmo-export MODEL_DIR --onnx elmo.onnx
+    session = OnnxBiLM("elmo.onnx")
+    layers, mask = session(batch_to_ids(sentences))   # numpy (L+1, B, T, 2P), (B, T)
+
+The graph takes char ids (B, T, 50) (int64, from ``batch_to_ids``; a row's tokens first, then
+all-zero padding) and returns ``layers`` (L+1, B, T, 2P) float32 with the sentence boundaries
+removed and zeros at padding, and ``mask`` (B, T) bool. Batch and length are dynamic axes.
+It computes what ``ElmoBiLM`` computes in stateless mode from the model's stored initial state
+(zeros, or a warm state): the character CNN with ONNX ``Conv``, then each LSTM layer's input
+projection for all steps at once and the recurrence as an ONNX ``Loop`` over time (both
+directions in one loop; the backward one reads each row reversed within its own length).
+
+Why the TorchScript exporter (``dynamo=False``): the recurrence is a loop over a dynamic number
+of steps. The dynamo exporter traces it with ``torch.export``, which unrolls the loop for the
+example's length (an ONNX model that accepts only that length); a ``torch.jit.script``-ed loop
+becomes an ONNX ``Loop`` under the TorchScript exporter, which keeps the length dynamic.
+Only the original cell is exported (``cell="lstm"``, no deep transition, no input skip
+connections, no zoneout): other cells raise a ValueError naming the setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elmo.chars import bos_eos_char_ids
+from elmo.lstm import FORGET_BIAS, LstmProjection
+
+NO_CLIP = 3.0e38  # "no clipping" as a number (the exported graph has one code path)
+
+
+def _recurrence(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h: torch.Tensor,
+                w_p: torch.Tensor, cell_clip: float, proj_clip: float) -> torch.Tensor:
+    """x_proj (T, D, B, 4H) = x W_x + b; h (D, B, P), c (D, B, H); w_h (D, P, 4H), w_p (D, H, P).
+    Returns the outputs (T, D, B, P). Gate blocks in the order (i, f, o, g), as elmo.lstm."""
+    H = c.shape[-1]
+    outputs = []
+    for t in range(x_proj.shape[0]):
+        gates = x_proj[t] + torch.matmul(h, w_h)  # (D, B, 4H)
+        i = torch.sigmoid(gates[:, :, :H])
+        f = torch.sigmoid(gates[:, :, H : 2 * H])
+        o = torch.sigmoid(gates[:, :, 2 * H : 3 * H])
+        g = torch.tanh(gates[:, :, 3 * H :])
+        c = torch.clamp(f * c + i * g, -cell_clip, cell_clip)
+        h = torch.clamp(torch.matmul(o * torch.tanh(c), w_p), -proj_clip, proj_clip)  # (D, B, P)
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+with warnings.catch_warnings():  # torch.jit.script is deprecated, and still what makes a Loop
+    warnings.simplefilter("ignore", DeprecationWarning)
+    _recurrence = torch.jit.script(_recurrence)
+
+
+def check_exportable(model) -> None:
+    """Raise a ValueError naming every setting the exported graph does not compute."""
+    b = model.config.bilm
+    problems = []
+    if b.cell != "lstm":
+        problems.append(f"cell={b.cell!r}")
+    if b.transition_depth != 1:
+        problems.append(f"transition_depth={b.transition_depth}")
+    if b.input_skip_connections:
+        problems.append("input_skip_connections=true")
+    if b.recurrent_dropout_kind == "zoneout":
+        problems.append("recurrent_dropout_kind='zoneout'")
+    layers = list(model.bilm.forward_layers) + list(model.bilm.backward_layers)
+    if not problems and not all(type(layer) is LstmProjection for layer in layers):
+        problems.append("a biLM layer that is not elmo.lstm.LstmProjection")
+    if problems:
+        raise ValueError("the ONNX export covers the original LSTM biLM only; this model has "
+                         + ", ".join(problems))
+
+
+def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (T, B, D): each row reversed within its own length; positions past it stay."""
+    t = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+    n = lengths.unsqueeze(0)  # (1, B)
+    index = torch.where(t < n, n - 1 - t, t)  # (T, B)
+    return x.gather(0, index.unsqueeze(-1).expand(x.shape))
+
+
+class StatelessBiLM(nn.Module):
+    """The export-friendly twin of ``ElmoBiLM`` in stateless evaluation (the same weights)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        check_exportable(model)
+        cnn, cfg = model.char_cnn, model.config
+        # copies in float32 on the CPU: exporting leaves the user's model as it was
+        self.char_embedding, self.convolutions, self.highway, self.projection = (
+            copy.deepcopy(m).float().cpu() for m in (cnn.char_embedding, cnn.convolutions,
+                                                      cnn.highway, cnn.projection))
+        self.relu = cfg.char_cnn.activation == "relu"
+        bos, eos = bos_eos_char_ids(cfg.char_cnn.max_characters_per_token)
+        self.register_buffer("boundary", torch.from_numpy(np.stack([bos, eos]).astype(np.int64)),
+                             persistent=False)  # (2, C)
+        b = cfg.bilm
+        self.skip = bool(b.use_skip_connections)
+        self.cell_clip = float(b.cell_clip) if b.cell_clip else NO_CLIP
+        self.proj_clip = float(b.proj_clip) if b.proj_clip else NO_CLIP
+        self.n_layers = b.n_layers
+        for k, (fwd, bwd) in enumerate(zip(model.bilm.forward_layers, model.bilm.backward_layers)):
+            pair = (fwd, bwd)
+            self.register_buffer(f"w_x{k}", torch.stack([l.input_weight.detach() for l in pair]).float().cpu())
+            self.register_buffer(f"b{k}", torch.stack([l.effective_bias().detach() for l in pair]).float().cpu())
+            self.register_buffer(f"w_h{k}", torch.stack([l.state_weight.detach() for l in pair]).float().cpu())
+            self.register_buffer(f"w_p{k}", torch.stack([l.projection_weight.detach() for l in pair]).float().cpu())
+            self.register_buffer(f"h0_{k}", torch.stack([l.initial_h.detach() for l in pair]).float().cpu())
+            self.register_buffer(f"c0_{k}", torch.stack([l.initial_c.detach() for l in pair]).float().cpu())
+        assert FORGET_BIAS == 1.0  # folded into b{k} by effective_bias
+
+    def encode(self, chars: torch.Tensor) -> torch.Tensor:
+        """chars (N, C) -> (N, P): the character CNN, highway and projection."""
+        x = self.char_embedding(chars).transpose(1, 2)  # (N, e, C)
+        pooled = [conv(x).max(dim=2).values for conv in self.convolutions]  # (N, count) each
+        x = torch.cat(pooled, dim=-1)
+        x = torch.relu(x) if self.relu else torch.tanh(x)
+        return self.projection(self.highway(x))
+
+    def forward(self, char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """char_ids (B, T, C) int64 -> layers (L+1, B, T, 2P) float32, mask (B, T) bool."""
+        B, T, C = char_ids.shape[0], char_ids.shape[1], char_ids.shape[2]
+        mask = (char_ids > 0).any(-1)  # (B, T)
+        lengths = mask.sum(-1)  # (B,)
+        # <S> before and </S> after each row's tokens: (B, T+2, C)
+        pad = torch.zeros_like(char_ids[:, :1])
+        ids = torch.cat([pad, char_ids, pad], dim=1)
+        pos = torch.arange(T + 2, device=char_ids.device).unsqueeze(0)  # (1, T+2)
+        is_bos = (pos == 0).unsqueeze(-1)
+        is_eos = (pos == (lengths + 1).unsqueeze(1)).unsqueeze(-1)
+        ids = torch.where(is_bos, self.boundary[0], torch.where(is_eos, self.boundary[1], ids))
+        mask2 = pos <= (lengths + 1).unsqueeze(1)  # (B, T+2)
+        tokens = self.encode(ids.reshape(-1, C)).reshape(B, T + 2, -1)
+        tokens = tokens * mask2.unsqueeze(-1).to(tokens.dtype)  # (B, T+2, P)
+
+        lengths2 = lengths + 2
+        x = tokens.transpose(0, 1)  # (T+2, B, P)
+        x_in = torch.stack([x, _reverse_within(x, lengths2)], dim=1)  # (T+2, 2, B, P)
+        layers = [torch.cat([tokens, tokens], dim=-1)]
+        for k in range(self.n_layers):
+            w_x, bias = getattr(self, f"w_x{k}"), getattr(self, f"b{k}")
+            h0, c0 = getattr(self, f"h0_{k}"), getattr(self, f"c0_{k}")
+            x_proj = torch.matmul(x_in, w_x) + bias.unsqueeze(1)  # (T+2, 2, B, 4H)
+            h = h0.unsqueeze(1) + torch.zeros_like(x_in[0, :, :, :1])  # (2, B, P)
+            c = c0.unsqueeze(1) + torch.zeros_like(x_in[0, :, :, :1])  # (2, B, H)
+            out = _recurrence(x_proj, h, c, getattr(self, f"w_h{k}"), getattr(self, f"w_p{k}"),
+                              self.cell_clip, self.proj_clip)  # (T+2, 2, B, P)
+            if self.skip and k > 0:
+                out = out + x_in
+            both = torch.cat([out[:, 0], _reverse_within(out[:, 1], lengths2)], dim=-1)  # (T+2, B, 2P)
+            layers.append(both.transpose(0, 1) * mask2.unsqueeze(-1).to(both.dtype))
+            x_in = out
+        stacked = torch.stack(layers)[:, :, 1 : T + 1]  # (L+1, B, T, 2P): boundaries removed
+        return stacked * mask.unsqueeze(0).unsqueeze(-1).to(stacked.dtype), mask
+
+
+def export_onnx(model, path: Union[str, os.PathLike], opset: int = 17,
+                example: Optional[torch.Tensor] = None) -> str:
+    """Write ``model`` (an ``ElmoBiLM``) as an ONNX graph (atomically); returns the path.
+
+    Inputs ``char_ids`` (batch, tokens, 50) int64; outputs ``layers`` (L+1, batch, tokens, 2P)
+    float32 and ``mask`` (batch, tokens) bool; batch and tokens are dynamic.
+    """
+    try:
+        import onnx  # noqa: F401  (torch's TorchScript exporter needs it)
+    except ImportError:
+        raise ImportError("exporting to ONNX needs onnx: pip install elmo-pytorch[onnx]") from None
+    from elmo.io import atomic_path
+
+    twin = StatelessBiLM(model).eval()
+    if example is None:
+        from elmo.chars import batch_to_ids
+
+        example = batch_to_ids([["An", "example", "sentence", "."], ["Short"]])
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            twin, (example,), tmp, dynamo=False, opset_version=opset,
+            input_names=["char_ids"], output_names=["layers", "mask"],
+            dynamic_axes={"char_ids": {0: "batch", 1: "tokens"},
+                          "layers": {1: "batch", 2: "tokens"}, "mask": {0: "batch", 1: "tokens"}})
+    return path
+
+
+class OnnxBiLM:
+    """An exported model run by onnxruntime: ``session(char_ids)`` -> (layers, mask) in numpy."""
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
+                 providers: Optional[list] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("running an ONNX model needs onnxruntime: pip install elmo-pytorch[onnx]") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.fspath(path), options,
+                                            providers=providers or ["CPUExecutionProvider"])
+
+    def __call__(self, char_ids) -> tuple[np.ndarray, np.ndarray]:
+        ids = char_ids.cpu().numpy() if isinstance(char_ids, torch.Tensor) else np.asarray(char_ids)
+        layers, mask = self.session.run(None, {"char_ids": ids.astype(np.int64, copy=False)})
+        return layers, mask
