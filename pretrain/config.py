@@ -133,7 +133,10 @@ class TrainConfig:
         _choice("train", "precision", self.precision, PRECISIONS)
         _at_least("train", self, 1, "max_tokens", "max_steps", "threads", "log_every",
                   "eval_every", "checkpoint_every", "keep_checkpoints")
-        _at_least("train", self, 0, "epochs")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
+                                        or self.epochs <= 0):
+            raise ValueError(f"train.epochs must be a number > 0, got {self.epochs!r} (as train.max_steps "
+                             "and train.max_tokens: a budget of 0 trains nothing)")
 
     def budget(self) -> tuple[str, float]:
         """The one training budget that is set, as (kind, amount)."""

@@ -4,8 +4,8 @@ One line is one training "sentence" (a sentence or a paragraph); blank lines are
 held-out part is a separate input, or a fraction of the lines chosen by a hash of the line's text
 (so it is the same in every epoch, in streaming mode, and duplicated lines never straddle the
 split). Files are checked before reading: an empty file is skipped with a warning, a file that
-looks binary is an error naming it, and a few bytes that are not UTF-8 are replaced (a warning
-says where).
+looks binary is an error naming it, and a few bytes that are not UTF-8 anywhere in the file are
+replaced (a warning names the first line).
 
 ``EncodedCorpus`` holds a corpus in memory as type ids (4 bytes per token); ``StreamingCorpus``
 re-reads the text each epoch for corpora larger than memory.
@@ -13,6 +13,7 @@ re-reads the text each epoch for corpora larger than memory.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import logging
 import os
@@ -69,7 +70,11 @@ def resolve_files(specs: Sequence[str]) -> list[str]:
 
 
 def check_text_file(path: str) -> bool:
-    """False for an empty file (skip it); raise for a binary one; warn about non-UTF-8 bytes."""
+    """False for an empty file (skip it); raise for a binary one or one that is mostly not UTF-8;
+    warn (naming the first line) when a few bytes anywhere in the file are not UTF-8.
+
+    The whole file is decoded (in 1 MiB pieces, about a second per GB), not only its start: bytes
+    that are not UTF-8 are read as U+FFFD, and that should never happen without a word."""
     size = os.path.getsize(path)
     if size == 0:
         logger.warning("%s: empty file, skipped", path)
@@ -79,17 +84,72 @@ def check_text_file(path: str) -> bool:
     if b"\x00" in head:
         raise ValueError(f"{path}: looks like a binary file (it contains NUL bytes); the corpus "
                          "must be UTF-8 text, one sentence or paragraph per line")
-    text = head.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - head.decode("utf-8", errors="ignore").count("\ufffd")
-    if len(head) == _SNIFF_BYTES:  # a multi-byte character may be cut at the end
-        bad = max(0, bad - 1)
-    if bad > max(8, len(head) // 100):
-        raise ValueError(f"{path}: {bad} of the first {len(head)} bytes are not UTF-8; this does "
-                         "not look like UTF-8 text (convert it, e.g. iconv -f latin1 -t utf-8)")
+    bad, first_line, first_column = _count_non_utf8(path)
+    if bad > max(8, size // 100):
+        raise ValueError(f"{path}: {bad} bytes are not UTF-8 (the first on line {first_line}, column "
+                         f"{first_column}); this does not look like UTF-8 text (convert it, e.g. iconv -f "
+                         "latin1 -t utf-8)")
     if bad:
-        logger.warning("%s: %d byte(s) in the first %d KiB are not UTF-8; they are read as U+FFFD",
-                       path, bad, len(head) // 1024)
+        logger.warning("%s: %d byte(s) are not UTF-8 (the first on line %d, column %d); they are "
+                       "read as U+FFFD", path, bad, first_line, first_column)
     return True
+
+
+def _count_non_utf8(path: str, chunk: int = 1 << 20) -> tuple[int, int, int]:
+    """(invalid UTF-8 sequences, line and column of the first (0, 0 when none)).
+
+    A strict incremental decoder reads the file until the first error, which locates it; from
+    there a replacing decoder counts the errors in the rest. A U+FFFD that the file itself holds
+    (EF BF BD) is text, not an error."""
+    strict = codecs.getincrementaldecoder("utf-8")("strict")
+    counting = None  # the replacing decoder, once an error was found
+    bad, first_line, first_column, lines, column, tail = 0, 0, 0, 0, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            final = not data
+            if counting is None:
+                pending = strict.getstate()[0]
+                try:
+                    strict.decode(data, final=final)
+                except UnicodeDecodeError as e:
+                    pos = e.start - len(pending)  # in data; < 0: in the bytes held from the last piece
+                    newline = data.rfind(b"\n", 0, pos) if pos > 0 else -1
+                    first_line = lines + data.count(b"\n", 0, max(pos, 0)) + 1
+                    first_column = pos - newline if newline >= 0 else column + pos + 1
+                    counting = codecs.getincrementaldecoder("utf-8")("replace")
+                    data, tail = pending + data, b""
+            if counting is not None:
+                text = counting.decode(data, final=final)
+                genuine = (tail + data).count(b"\xef\xbf\xbd") - tail.count(b"\xef\xbf\xbd")
+                bad += max(0, text.count("\ufffd") - genuine)
+                tail = (tail + data)[-2:]
+            if final:
+                return bad, first_line, first_column
+            newline = data.rfind(b"\n")
+            column = len(data) - newline - 1 if newline >= 0 else column + len(data)
+            lines += data.count(b"\n")
+
+
+def check_heldout(specs: Sequence[str]) -> None:
+    """An explicit ``--heldout`` whose files are all empty gets its own message (not the one about
+    training text)."""
+    if not all(_looks_local(s) for s in specs):
+        return
+    files = resolve_files(specs)
+    if not any(os.path.getsize(f) > 0 for f in files):
+        raise ValueError(f"--heldout {', '.join(specs)}: every file is empty; give held-out text (one "
+                         "sentence per line), or leave --heldout out to hold out data.heldout_fraction "
+                         "of the training lines")
+    if not any(_has_text(f) for f in files):
+        raise ValueError(f"--heldout {', '.join(specs)}: no held-out text (every line is blank); give "
+                         "held-out text, or leave --heldout out to hold out a fraction of the training lines")
+
+
+def _has_text(path: str) -> bool:
+    """Whether a file has a line that is not blank (reads up to the first one)."""
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
 
 
 def is_heldout(line: str, fraction: float) -> bool:

@@ -22,7 +22,7 @@ from elmo.config import write_json_atomic
 from pretrain import checkpoint as ckpt
 from pretrain.batches import SentenceBatcher, WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig
-from pretrain.corpus import EncodedCorpus, StreamingCorpus, load_corpus
+from pretrain.corpus import EncodedCorpus, StreamingCorpus, check_heldout, load_corpus
 from pretrain.distributed import DistInfo, barrier, broadcast_object, setup
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
 from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
@@ -88,6 +88,8 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     if not resume and info.is_main and ckpt.list_checkpoints(out_dir):
         raise FileExistsError(f"{out_dir} already holds checkpoints; pass --resume to continue that "
                               "run, or choose another --out")
+    if heldout:
+        check_heldout(heldout)
     if info.is_main:
         ckpt.clean_run_dir(out_dir)  # temporary files of a killed run
     resume_changes = {}
@@ -168,6 +170,9 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
                 "vocabulary %s (read in %.1f s)", f"{n_tokens:,}", f"{n_sentences:,}",
                 f"{held.num_tokens:,}", f"{len(table) - 1:,}", f"{len(vocab):,}", time.time() - t0)
 
+    if heldout and len(held) == 0:
+        raise ValueError(f"--heldout {', '.join(heldout)}: no held-out text (every line is blank); give "
+                         "held-out text, or leave --heldout out to hold out a fraction of the training lines")
     steps, budget_text = total_steps(config, n_tokens, n_sentences, info.world)
     logger.info("budget: %s", budget_text)
     torch.manual_seed(tc.seed)  # the same initial weights on every process

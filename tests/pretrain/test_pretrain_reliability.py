@@ -135,3 +135,40 @@ def test_orphaned_temporary_files_are_removed_at_the_next_start(run_dir, capsys)
     rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
     assert rc == 0, err
     assert not any(os.path.exists(p) for p in orphans)
+
+
+def test_bytes_that_are_not_utf8_are_found_anywhere_in_the_file(tmp_path, caplog):
+    import logging
+
+    from pretrain.corpus import check_text_file
+
+    path = tmp_path / "late.txt"
+    good = ("a fine line of text with an é in it\n" * 3000).encode("utf-8")  # > 100 KiB
+    path.write_bytes(good + b"caf\xe9 au lait\n" + b"ok \xef\xbf\xbd kept\n")
+    assert len(good) > 64 * 1024
+    with caplog.at_level(logging.WARNING, logger="pretrain.corpus"):
+        assert check_text_file(str(path)) is True
+    assert f"{path}: 1 byte(s) are not UTF-8 (the first on line 3001, column 4)" in caplog.text
+    for chunk in (1, 5, 4096):  # the same answer wherever the pieces are cut
+        from pretrain.corpus import _count_non_utf8
+
+        assert _count_non_utf8(str(path), chunk) == (1, 3001, 4)
+    path.write_bytes(good + bytes(range(128, 256)) * 40)
+    with pytest.raises(ValueError, match=r"late.txt: \d+ bytes are not UTF-8 \(the first on line 3001, column 1\)"):
+        check_text_file(str(path))
+
+
+def test_budgets_of_zero_and_an_empty_heldout_file_get_their_own_messages(tmp_path, capsys):
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(30))
+    out = str(tmp_path / "run")
+    for flag in ("--epochs", "--max-steps", "--max-tokens"):
+        rc, err = cli(["--train", corpus, "--out", out, flag, "0"], capsys)
+        assert rc == 2 and "must be a number" in err and "got 0" in err, (flag, err)
+    assert not os.path.exists(out)
+    empty = tmp_path / "held.txt"
+    empty.write_text("")
+    rc, err = cli(["--train", corpus, "--heldout", str(empty), "--out", out, "--max-steps", "1"], capsys)
+    assert rc == 2 and f"--heldout {empty}: every file is empty; give held-out text" in err
+    blank = write_lines(str(tmp_path / "blank.txt"), ["", "   "])
+    rc, err = cli(["--train", corpus, "--heldout", blank, "--out", out, "--max-steps", "1"], capsys)
+    assert rc == 2 and f"--heldout {blank}: no held-out text (every line is blank)" in err
