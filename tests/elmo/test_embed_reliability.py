@@ -202,6 +202,22 @@ def test_resume_with_another_input_or_model_is_refused(tmp_path, interrupted, sr
     _one_error_line(capsys, "cannot resume", "the model (config or weights) differs")
 
 
+def test_model_fingerprint_sees_one_changed_weight(tiny_config):
+    from elmo.dump import model_fingerprint
+
+    model = ElmoBiLM(tiny_config)
+    copy = ElmoBiLM(tiny_config)
+    copy.load_state_dict(model.state_dict())
+    assert model_fingerprint(copy) == model_fingerprint(model)
+    weight = copy.bilm.backward_layers[1].state_weight
+    assert weight.numel() > 1
+    with torch.no_grad():
+        weight.view(-1)[-1] += 1e-6  # one element, wherever the sample falls
+    assert model_fingerprint(copy) != model_fingerprint(model)
+    changed = model_fingerprint(copy)
+    assert model_fingerprint(copy.to(torch.bfloat16)) != changed  # .to() converts in place
+
+
 def test_unfinished_dataset_is_written_again_and_lengths_are_checked(tmp_path, interrupted, src,
                                                                      model_dir, capsys):
     clean = _clean(tmp_path, model_dir, src, "--all")
