@@ -195,7 +195,7 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), force: bool = False,
                  what: str = "output", force_flag: str = "--force",
-                 allow_existing: bool = False) -> str:
+                 allow_existing: bool = False, create_folder: bool = False) -> str:
     """Refuse an output path before any work is done; returns the path.
 
     Raises ``OutputPathError`` (a ``ValueError`` with a one-line message naming the path, what
@@ -203,7 +203,8 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), forc
     not exist or cannot be written, is the same file as one of ``inputs`` (also through a symlink
     or a hard link; ``force`` does not allow this), or already exists and neither ``force`` nor
     ``allow_existing`` (e.g. the caller resumes it) is set. ``None`` entries of ``inputs`` are
-    skipped, so optional inputs can be passed as they are.
+    skipped, so optional inputs can be passed as they are. ``create_folder=True`` accepts a
+    missing folder (the caller creates it); its nearest existing ancestor must then be writable.
     """
     if path is None or os.fspath(path) == "":
         raise OutputPathError(f"the {what} path is empty; give a file path")
@@ -216,6 +217,9 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), forc
             raise OutputPathError(f"{what} {path} is the input file {os.fspath(source)}; writing it "
                                   "would destroy the input: choose another output path")
     folder = os.path.dirname(os.path.abspath(path))
+    if create_folder:
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise OutputPathError(f"the folder {folder} of {what} {path} does not exist; create it "
                               "first (mkdir -p) or choose another path")

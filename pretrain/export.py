@@ -103,7 +103,8 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
 
     Before anything is loaded or written: no output may be a file of ``model_dir`` (also through
     a link) or another output, each output's folder must exist, and with ``force=False`` an
-    existing output is refused (``elmo.io.OutputPathError``, a ValueError)."""
+    existing output is refused (``elmo.io.OutputPathError``, a ValueError). Missing folders are
+    created."""
     outputs = [("--options-file", options_file), ("--weight-file", weight_file),
                ("--vocab", vocab_file)]
     inputs = ([os.path.join(model_dir, n) for n in sorted(os.listdir(model_dir))]
@@ -112,7 +113,7 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
     for flag, path in outputs:
         if path is None:
             continue
-        check_output(path, inputs=inputs, force=force, what=f"{flag}")
+        check_output(path, inputs=inputs, force=force, what=f"{flag}", create_folder=True)
         for other_flag, other in seen:
             if same_file(path, other) or os.path.abspath(path) == os.path.abspath(other):
                 raise OutputPathError(f"{flag} {path} is the same path as {other_flag}; give each "
@@ -121,6 +122,8 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
     if vocab_file and not os.path.isfile(os.path.join(model_dir, VOCAB_NAME)):
         raise FileNotFoundError(f"{model_dir}: no {VOCAB_NAME} to export (it is written by elmo-pretrain)")
     for _, path in seen:  # temporary files of an earlier, killed export of the same outputs
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            continue
         for orphan in clean_orphans(os.path.dirname(os.path.abspath(path)),
                                     glob.escape(os.path.basename(path))):
             logger.info("removed %s (left by a process that no longer runs)", orphan)

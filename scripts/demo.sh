@@ -30,7 +30,7 @@ fi
 
 echo "== 2/3 export to the original format and embed a few sentences"
 .venv/bin/elmo-export "$OUT/lm" --options-file "$OUT/original/options.json" \
-  --weight-file "$OUT/original/weights.hdf5" --vocab "$OUT/original/vocab.txt"
+  --weight-file "$OUT/original/weights.hdf5" --vocab "$OUT/original/vocab.txt" --force
 cat > "$OUT/sentences.txt" <<'EOF'
 The government said on Monday that the economy grew by 2 % last year .
 Shares in the company fell sharply after the announcement .
@@ -38,7 +38,7 @@ Shares in the company fell sharply after the announcement .
 Manchester United won the match 2 - 1 at Old Trafford .
 EOF
 .venv/bin/elmo-embed "$OUT/sentences.txt" "$OUT/embeddings.hdf5" --all \
-  --options-file "$OUT/original/options.json" --weight-file "$OUT/original/weights.hdf5" --quiet
+  --options-file "$OUT/original/options.json" --weight-file "$OUT/original/weights.hdf5" --quiet --force
 
 echo "== 3/3 NER on CoNLL-2003 with and without ELMo (a short run)"
 $PY scripts/ner_demo.py --model "$OUT/lm" --out "$OUT/ner" --threads "$THREADS" | tee "$OUT/ner.txt"

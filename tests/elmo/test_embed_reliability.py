@@ -152,6 +152,9 @@ def test_export_refuses_existing_outputs_and_its_inputs(tmp_path, model_dir, cap
     (tmp_path / f"w.hdf5.tmp.{dead}").write_bytes(b"left by a killed export")
     assert _export(model_dir, tmp_path, "--force") == 0
     assert not (tmp_path / f"w.hdf5.tmp.{dead}").exists()
+    assert _export(model_dir, tmp_path, options=tmp_path / "new" / "o.json",  # folders are created
+                   weights=tmp_path / "new" / "w.hdf5") == 0
+    shutil.rmtree(tmp_path / "new")
     assert json.loads((tmp_path / "options.json").read_text(encoding="utf-8"))["lstm"]["dim"] == 12
     assert sorted(os.listdir(tmp_path)) == sorted(["options.json", "w.hdf5", "vocab.txt", "model"])
 

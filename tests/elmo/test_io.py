@@ -89,6 +89,10 @@ def test_check_output_existing_folder_and_parent(tmp_path):
         eio.check_output(tmp_path, force=True)
     with pytest.raises(eio.OutputPathError, match=r"the folder .*missing of output .* does not exist; create it"):
         eio.check_output(tmp_path / "missing" / "out.h5")
+    assert eio.check_output(tmp_path / "new" / "deeper" / "o.h5", create_folder=True)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(eio.OutputPathError, match="does not exist"):  # a file is no folder
+        eio.check_output(tmp_path / "file" / "o.h5", create_folder=True)
     with pytest.raises(eio.OutputPathError, match="empty"):
         eio.check_output("")
     assert out.read_bytes() == b"mine"
