@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from elmo.config import CELLS, PRESETS, RECURRENT_DROPOUT_KINDS
 from elmo.io import DiskFullError
+from elmo.tokenize import TOKENIZERS
 from pretrain.config import PretrainConfig, pretrain_preset
 
 logger = logging.getLogger("pretrain")
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="FILE", help="use this vocabulary (one word per line) instead of counting")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="override a config field (repeatable)")
-    p.add_argument("--tokenizer", choices=["whitespace", "punct"])
+    p.add_argument("--tokenizer", choices=TOKENIZERS, help="how raw text is cut into tokens (elmo.tokenize)")
     p.add_argument("--heldout-fraction", type=float)
     p.add_argument("--batch-size", type=int, help="rows per process")
     p.add_argument("--window", type=int, help="tokens per row (window mode)")

@@ -17,37 +17,18 @@ import codecs
 import glob
 import logging
 import os
-import re
 import zlib
 from collections import Counter
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from elmo.tokenize import get_tokenizer
 from pretrain.vocab import WordTable
 
 logger = logging.getLogger(__name__)
 
-_CLITIC = r"(?:s|re|ve|ll|d|m)\b"
-_PUNCT_TOKEN = re.compile(rf"""
-    (?:[^\W\d_]\.){{2,}}               # abbreviations: U.S.
-  | \w+(?=n['’]t\b) | n['’]t\b         # do n't
-  | ['’]{_CLITIC}                      # 's 're 've 'll 'd 'm
-  | \d+(?:[.,:]\d+)+                   # 7,500  3.5  10:30
-  | \w+(?:(?:-|['’](?!{_CLITIC}))\w+)*  # words, e-mail, O'Neill
-  | \.{{2,}}                           # ...
-  | \S                                 # any other character on its own
-""", re.X | re.I)
 _SNIFF_BYTES = 1 << 16
-
-
-def get_tokenizer(name: str) -> Callable[[str], list]:
-    """``whitespace``: str.split; ``punct``: words, numbers and punctuation marks (PTB-like)."""
-    if name == "whitespace":
-        return str.split
-    if name == "punct":
-        return _PUNCT_TOKEN.findall
-    raise ValueError(f"unknown tokenizer {name!r}; valid: whitespace, punct")
 
 
 def resolve_files(specs: Sequence[str]) -> list[str]:

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+from elmo.tokenize import tokenize
 from tasks.tags import split_tag
 
 
@@ -215,18 +216,6 @@ def read_conll2005_props(path: str, words_path: Optional[str] = None) -> list[In
         instances.extend(_frames(path, start, words, columns, where, sentence))
         sentence += 1
     return instances
-
-
-_TOKEN = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
-
-
-def tokenize(text: str, how: str = "whitespace") -> list[str]:
-    """``whitespace``: split on whitespace; ``simple``: words and single punctuation marks."""
-    if how == "whitespace":
-        return text.split()
-    if how == "simple":
-        return _TOKEN.findall(text)
-    raise ValueError(f"unknown tokenizer {how!r}; valid: whitespace, simple")
 
 
 def _column(header: Optional[list[str]], name: str, path: str, what: str) -> int:
