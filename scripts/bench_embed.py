@@ -2,6 +2,7 @@
 
     python scripts/bench_embed.py [--configs small original] [--threads 2] [--runs 7]
                                   [--file-sentences 400] [--dtypes float32 bfloat16] [--no-peer]
+                                  [--onnx]
 
 For each size (SMALL = the released 2x1024_128_2048cnn_1xhighway, ORIGINAL = 2x4096_512_2048cnn_
 2xhighway), random weights are written once in the original layout (options.json + HDF5, seed 0)
@@ -15,6 +16,9 @@ and used by both implementations:
   run_reference.py (`allennlp elmo` batching, batch 64, --stateless).
 * parity: the maximum absolute difference between the two HDF5 files (both stateless, float32).
 * bfloat16 (opt-in mode): speed on the batch and its maximum absolute error against float32.
+* --onnx: the same model exported with ``elmo-export --onnx`` (elmo.onnx_export, not timed) and
+  run by onnxruntime (CPU, --threads intra-op threads) on the same batch, strings -> char ids
+  included, median of --runs after 2 warm-ups; its top layer's maximum difference from ours.
 
 Each measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
 The AllenNLP side runs when its environment exists (shared/peers/allennlp-elmo/setup.sh, default
@@ -111,6 +115,23 @@ def worker(spec: dict) -> dict:
     dtype = getattr(torch, spec["dtype"])
     embedder = Embedder.from_pretrained(options_file=spec["options"], weight_file=spec["weights"],
                                         device="cpu", dtype=dtype)
+    if spec["mode"] == "onnx":
+        from elmo.onnx_export import OnnxBiLM, export_onnx
+
+        path = os.path.join(os.path.dirname(spec["save"]), f"{spec['size']}.onnx")
+        export_onnx(embedder.model, path)
+        session = OnnxBiLM(path, threads=spec["threads"])
+        batch = make_batch()
+        n_tok = sum(map(len, batch))
+        times = []
+        for i in range(2 + spec["runs"]):
+            t0 = time.perf_counter()
+            layers, _ = session(batch_to_ids(batch))
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        np.save(spec["save"], layers[-1])
+        med = statistics.median(times)
+        return {"tokens_per_s": n_tok / med, "ms": med * 1000, "tokens": n_tok, "peak_mib": peak_mib()}
     if spec["mode"] == "batch":
         batch = make_batch()
         n_tok = sum(map(len, batch))
@@ -138,6 +159,12 @@ def worker(spec: dict) -> dict:
     with open(spec["input"], encoding="utf-8") as f:
         n_tok = sum(len(line.split()) for line in f)
     return {"tokens_per_s": n_tok / dt, "seconds": dt, "tokens": n_tok, "peak_mib": peak_mib()}
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def run_worker(spec: dict) -> dict:
@@ -191,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--weights-dir", default=os.path.join(tempfile.gettempdir(), "elmo_bench_weights"))
     ap.add_argument("--no-peer", action="store_true", help="skip AllenNLP even if it is set up")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time onnxruntime on the exported model (extra [onnx]) on the same batch")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -224,6 +253,19 @@ def main(argv=None) -> int:
             rows.append((size, f"batch 32x20-30 ({r['tokens']} tok)", dtype, r["tokens_per_s"],
                          peer_batch["tokens_per_s"] if peer_batch else None, r["peak_mib"],
                          peer_batch["peak_mib"] if peer_batch else None, err))
+        if args.onnx:
+            spec = dict(base, mode="onnx", dtype="float32", size=size,
+                        save=os.path.join(tmp, f"{size}_onnx_top.npy"))
+            r = run_worker(spec)
+            note = ""
+            if os.path.exists(ref_top):
+                import numpy as np
+
+                a, b = np.load(ref_top), np.load(spec["save"])
+                if a.shape == b.shape:
+                    note = f"onnxruntime {ort_version()}; top layer max abs diff from torch {np.abs(a - b).max():.2g}"
+            rows.append((size, f"batch 32x20-30 ({r['tokens']} tok), onnxruntime", "float32",
+                         r["tokens_per_s"], None, r["peak_mib"], None, note))
         n_tok = None
         ours_h5 = os.path.join(tmp, f"{size}_ours.hdf5")
         r = run_worker(dict(base, mode="file", dtype="float32", input=src, output=ours_h5))
