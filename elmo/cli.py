@@ -144,11 +144,13 @@ def main(argv: Optional[list] = None) -> int:
     try:
         inputs = _model_inputs(args)
         check_output(args.output, inputs=inputs, force=args.force, allow_existing=args.resume)
-        check_output(args.output + ".partial", inputs=inputs, force=args.force or args.resume,
-                     what="partial output (from an interrupted run)",
-                     force_flag="--resume to continue it or --force to start over;")
+        partial = check_output(args.output + ".partial", inputs=inputs, force=True,
+                               what="partial output")
     except OutputPathError as e:
         return _fail(str(e))
+    if os.path.lexists(partial) and not (args.resume or args.force):
+        return _fail(f"{partial} exists (an interrupted run); pass --resume to continue it or "
+                     "--force to start over")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 import torch
 
-from elmo.io import check_output, disk_full_as_error, ensure_free_space
+from elmo.io import OutputPathError, check_output, disk_full_as_error, ensure_free_space
 
 if TYPE_CHECKING:  # pragma: no cover
     from elmo.featurizer import Embedder
@@ -208,8 +208,9 @@ def embed_file(embedder: "Embedder", input_file: str, output_file: str, output: 
     check_output(partial, inputs=[input_file], force=True, what="partial output")
     if not force and not resume:
         check_output(output_file, force=False)
-        check_output(partial, force=False, what="partial output (an interrupted run)",
-                     force_flag="--resume to continue it or --force to start over;")
+        if os.path.lexists(partial):
+            raise OutputPathError(f"{partial} exists (an interrupted run); pass --resume to "
+                                  "continue it or --force to start over")
     scan = scan_input(input_file)
     current = fingerprint(embedder, scan, output)
     L, D = embedder.num_layers, embedder.output_dim
