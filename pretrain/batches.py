@@ -80,15 +80,36 @@ def _with_boundaries(sentence: np.ndarray, table: WordTable) -> np.ndarray:
 
 
 class WindowBatcher:
-    """B endless streams of sentences cut into ``window``-token pieces (the original's batching)."""
+    """B endless streams of sentences cut into ``window``-token pieces (the original's batching).
+
+    ``contiguous``: instead of taking sentences from one shuffle per epoch, row i of process r
+    reads slice ``r * B + i`` of ``world * B`` equal slices of the corpus, in corpus order, and
+    starts its slice again when it reaches the end (the PTB convention; needs an in-memory corpus).
+    """
 
     def __init__(self, corpus, table: WordTable, batch_size: int, window: int, seed: int,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, contiguous: bool = False) -> None:
         self.corpus, self.table = corpus, table
         self.batch_size, self.window, self.seed, self.rank, self.world = batch_size, window, seed, rank, world
         self.epoch, self.consumed = 0, 0  # sentences of this epoch already taken
         self.rows = [np.zeros(0, np.int32) for _ in range(batch_size)]
         self._iter = None
+        self.contiguous = contiguous
+        if contiguous:
+            n_rows = batch_size * world
+            if len(corpus) < n_rows:
+                raise ValueError(f"contiguous window order: the corpus has {len(corpus)} sentences, "
+                                 f"fewer than the {n_rows} rows of a batch")
+            bounds = np.linspace(0, len(corpus), n_rows + 1).astype(np.int64)
+            self.slices = [(int(bounds[j]), int(bounds[j + 1]))
+                           for j in range(rank * batch_size, (rank + 1) * batch_size)]
+            self.taken = [0] * batch_size  # sentences each row has read (across epochs)
+
+    def _row_sentence(self, i: int) -> np.ndarray:
+        start, stop = self.slices[i]
+        k = self.taken[i]
+        self.taken[i] += 1
+        return _with_boundaries(self.corpus[start + k % (stop - start)], self.table)
 
     def _next_sentence(self) -> np.ndarray:
         while True:
@@ -111,7 +132,7 @@ class WindowBatcher:
             if len(row) < T + 1:
                 parts = [row]
                 while sum(len(p) for p in parts) < T + 1:
-                    parts.append(self._next_sentence())
+                    parts.append(self._row_sentence(i) if self.contiguous else self._next_sentence())
                 row = np.concatenate(parts)
             ext[i] = row[: T + 1]
             self.rows[i] = row[T:]  # the peeked token starts the next window
@@ -123,8 +144,11 @@ class WindowBatcher:
 
     def state_dict(self) -> dict:
         words = self.table.words
-        return {"epoch": self.epoch, "consumed": self.consumed,
-                "rows": [[words[t] for t in row] for row in self.rows]}
+        state = {"epoch": self.epoch, "consumed": self.consumed,
+                 "rows": [[words[t] for t in row] for row in self.rows]}
+        if self.contiguous:
+            state["taken"] = list(self.taken)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["rows"]) != self.batch_size:
@@ -132,6 +156,11 @@ class WindowBatcher:
                              f"data.batch_size is {self.batch_size}; resume with the same batch size")
         self.epoch, self.consumed, self._iter = int(state["epoch"]), int(state["consumed"]), None
         self.rows = [self.table.encode(row) for row in state["rows"]]
+        if self.contiguous:
+            if "taken" not in state:
+                raise ValueError("the checkpoint's data position is of the shuffled window order; "
+                                 "resume with data.window_order 'shuffled'")
+            self.taken = [int(k) for k in state["taken"]]
 
 
 def sentence_pieces(sentence: np.ndarray, max_tokens: int) -> list[np.ndarray]:

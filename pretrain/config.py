@@ -14,13 +14,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from elmo.config import ElmoConfig, JsonConfig, preset
+from elmo.config import PRESETS, BiLMConfig, CharCNNConfig, ElmoConfig, JsonConfig, preset
 
 TOKENIZERS = ("whitespace", "punct")
 BATCH_MODES = ("window", "sentence")
 SOFTMAX_KINDS = ("sampled", "full", "adaptive")
-OPTIMIZERS = ("adagrad", "adam")
-SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+SCHEDULES = ("constant", "linear", "cosine", "plateau")
+WINDOW_ORDERS = ("shuffled", "contiguous")
+EVAL_MODES = ("sentence", "stream")
+DIRECTIONS = ("both", "forward")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -54,10 +57,19 @@ class DataConfig:
     shuffle_buffer: int = 10000        # streaming only: shuffle within a buffer of lines
     eval_max_tokens: Optional[int] = 100_000  # cap on held-out tokens per evaluation
     text_field: str = "text"           # column of a hub dataset holding the text
+    # Window mode: "shuffled" rows take sentences from one seeded shuffle per epoch; "contiguous"
+    # row i reads the i-th of batch_size equal slices of the corpus in corpus order, every epoch
+    # (the PTB convention of Zaremba et al. 2014 and Kim et al. 2016: context crosses sentences).
+    window_order: str = "shuffled"
+    # Held-out evaluation: "sentence" = each sentence from the initial state; "stream" = the text
+    # read in order with the state carried across sentences (pretrain.evaluate; PTB's convention).
+    eval_mode: str = "sentence"
 
     def __post_init__(self) -> None:
         _choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
         _choice("data", "batch_mode", self.batch_mode, BATCH_MODES)
+        _choice("data", "window_order", self.window_order, WINDOW_ORDERS)
+        _choice("data", "eval_mode", self.eval_mode, EVAL_MODES)
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         _at_least("data", self, 1, "min_count", "window", "batch_size", "max_sentence_tokens",
@@ -99,13 +111,25 @@ class OptimConfig:
     # "row": token losses summed over time, averaged over rows (bilm-tf's loss * unroll_steps: with
     # Adagrad's initial accumulator the gradient scale matters); "token": the mean token loss.
     loss_normalization: str = "row"
+    # schedule "plateau" (Kim et al. 2016): after each held-out evaluation at the end of an epoch,
+    # the rate is multiplied by plateau_factor when the forward perplexity improved by less than
+    # plateau_threshold over the previous epoch's.
+    plateau_threshold: float = 1.0
+    plateau_factor: float = 0.5
+    init_range: Optional[float] = None  # every weight ~ U(-r, r) (Kim et al.: 0.05); null = per module
+    # The LSTM projection W_p held at the identity (dim == projection_dim, no clipping): a plain
+    # LSTM without projection, as Kim et al.'s; only the "lstm" cell.
+    identity_projection: bool = False
 
     def __post_init__(self) -> None:
         _choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("optim", "schedule", self.schedule, SCHEDULES)
         _choice("optim", "loss_normalization", self.loss_normalization, ("row", "token"))
         _at_least("optim", self, 0, "lr", "adagrad_initial_accumulator", "weight_decay",
-                  "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value")
+                  "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value", "plateau_threshold",
+                  "init_range")
+        if not 0.0 < self.plateau_factor <= 1.0:
+            raise ValueError(f"optim.plateau_factor must be in (0, 1], got {self.plateau_factor}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"optim.dropout must be in [0, 1), got {self.dropout}")
         if len(self.adam_betas) != 2:
@@ -128,9 +152,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     dedup_tokens: bool = True          # run the char CNN once per distinct token of a batch
     progress: bool = True
+    eval_per_epoch: bool = False       # also evaluate (and checkpoint) at the end of every epoch
+    directions: str = "both"           # "forward": train (and evaluate) only the forward LM
 
     def __post_init__(self) -> None:
         _choice("train", "precision", self.precision, PRECISIONS)
+        _choice("train", "directions", self.directions, DIRECTIONS)
         _at_least("train", self, 1, "max_tokens", "max_steps", "threads", "log_every",
                   "eval_every", "checkpoint_every", "keep_checkpoints")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
@@ -155,6 +182,21 @@ class PretrainConfig(JsonConfig):
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        """Rules across sections (checked once the whole config is known, before a run)."""
+        if self.optim.identity_projection:
+            b = self.model.bilm
+            if b.cell != "lstm" or b.dim != b.projection_dim or b.proj_clip is not None:
+                raise ValueError("optim.identity_projection needs model.bilm.cell 'lstm', dim == "
+                                 f"projection_dim and proj_clip null; got cell {b.cell!r}, dim {b.dim}, "
+                                 f"projection_dim {b.projection_dim}, proj_clip {b.proj_clip}")
+        if self.optim.schedule == "plateau" and not self.train.eval_per_epoch:
+            raise ValueError("optim.schedule 'plateau' is driven by the evaluation at the end of each "
+                             "epoch: set train.eval_per_epoch=true (and give held-out text)")
+        if self.data.window_order == "contiguous" and self.data.streaming:
+            raise ValueError("data.window_order 'contiguous' reads the corpus in memory; it cannot be "
+                             "combined with data.streaming")
 
     def with_override(self, assignment: str) -> "PretrainConfig":
         """A copy with one ``dotted.path=value`` applied (value parsed as JSON, else a string)."""
@@ -193,8 +235,47 @@ TRAIN_PRESETS = {
 }
 
 
+def _kim_model(filters: list, n_highway: int, dim: int) -> ElmoConfig:
+    """Kim et al. 2016, Table 2 (PTB): char embeddings 15, one convolution per width, highway
+    layers, 2 LSTM layers of ``dim`` units without projection, clipping or residual connections."""
+    return ElmoConfig(CharCNNConfig(embedding_dim=15, filters=filters, n_highway=n_highway),
+                      BiLMConfig(dim=dim, projection_dim=dim, n_layers=2, cell_clip=None,
+                                 proj_clip=None, use_skip_connections=False))
+
+
+# Kim et al. 2016's training recipe for PTB (sec. 4 "Optimization"): window mode with BPTT 35 and
+# batch 20 over the text in order, plain SGD at lr 1.0, halved when validation perplexity improves
+# by less than 1 after an epoch, 25 epochs, gradient norm 5, dropout 0.5, weights U(-0.05, 0.05),
+# a full softmax over the 10k words; the forward LM only (the paper's models are forward LMs).
+_KIM_TRAINING = {
+    "data": {"batch_size": 20, "window": 35, "batch_mode": "window", "window_order": "contiguous",
+             "eval_mode": "stream", "eval_max_tokens": None, "max_vocab_size": None},
+    "softmax": {"kind": "full", "unigram_bias_init": False},
+    "optim": {"optimizer": "sgd", "lr": 1.0, "schedule": "plateau", "plateau_threshold": 1.0,
+              "plateau_factor": 0.5, "clip_norm": 5.0, "dropout": 0.5, "init_range": 0.05,
+              "identity_projection": True, "loss_normalization": "row"},
+    "train": {"epochs": 25, "eval_per_epoch": True, "directions": "forward"},
+}
+PTB_PRESETS = {
+    # LSTM-Char-Small: widths 1-6 with 25 x width filters (525), 1 highway layer, 2 x 300.
+    "ptb-char-small": lambda: _kim_model([[w, 25 * w] for w in range(1, 7)], 1, 300),
+    # LSTM-Char-Large: widths 1-7 with min(200, 50 x width) filters (1100), 2 highway layers, 2 x 650.
+    "ptb-char-large": lambda: _kim_model([[w, min(200, 50 * w)] for w in range(1, 8)], 2, 650),
+}
+PRETRAIN_PRESETS = tuple(PRESETS) + tuple(PTB_PRESETS)
+
+
 def pretrain_preset(name: str) -> PretrainConfig:
-    """The model preset ``name`` (elmo.config.preset) with its training settings."""
+    """The model preset ``name`` (elmo.config.preset) with its training settings; or one of
+    ``PTB_PRESETS`` (Kim et al. 2016's models with their recipe)."""
+    if name in PTB_PRESETS:
+        config = PretrainConfig(model=PTB_PRESETS[name]()).to_dict()
+        for section, values in _KIM_TRAINING.items():
+            config[section].update(values)
+        config["train"]["max_tokens"] = config["train"]["max_steps"] = None
+        return PretrainConfig.from_dict(config)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRETRAIN_PRESETS)}")
     config = PretrainConfig(model=preset(name)).to_dict()
     for section, values in TRAIN_PRESETS.get(name, {}).items():
         config[section].update(values)

@@ -23,7 +23,9 @@ from pretrain import checkpoint as ckpt
 from pretrain.batches import SentenceBatcher, WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig
 from pretrain.corpus import EncodedCorpus, StreamingCorpus, check_heldout, load_corpus
+from pretrain.directional import ForwardLM, count_parameters, fix_identity_projection, init_uniform
 from pretrain.distributed import DistInfo, barrier, broadcast_object, setup
+from pretrain.evaluate import StreamEvaluator
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
 from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
 from pretrain.plot import plot_curves
@@ -52,7 +54,7 @@ def total_steps(config: PretrainConfig, n_tokens: int, n_sentences: int, world: 
         pieces = n_sentences + max(0, n_tokens // d.max_sentence_tokens)  # upper bound of cuts
         per_step = d.batch_size * world * (n_tokens + 2 * n_sentences) / max(1, pieces)
         epoch_tokens = n_tokens + 2 * n_sentences
-    steps_per_epoch = max(1, math.ceil(epoch_tokens / per_step))
+    steps_per_epoch = epoch_steps(config, n_tokens, n_sentences, world)
     kind, amount = config.train.budget()
     if kind == "max_steps":
         steps = int(amount)
@@ -63,6 +65,18 @@ def total_steps(config: PretrainConfig, n_tokens: int, n_sentences: int, world: 
     text = (f"{steps} steps x {per_step:.0f} tokens = {steps * per_step:,.0f} tokens "
             f"= {steps / steps_per_epoch:.2f} epochs of {epoch_tokens:,} tokens")
     return steps, text
+
+
+def epoch_steps(config: PretrainConfig, n_tokens: int, n_sentences: int, world: int) -> int:
+    """Steps of one pass over the corpus (window mode: exact; sentence mode: an upper bound)."""
+    d = config.data
+    epoch_tokens = n_tokens + 2 * n_sentences  # with <S> and </S>
+    if d.batch_mode == "window":
+        per_step = d.batch_size * d.window * world
+    else:
+        pieces = n_sentences + max(0, n_tokens // d.max_sentence_tokens)
+        per_step = d.batch_size * world * epoch_tokens / max(1, pieces)
+    return max(1, math.ceil(epoch_tokens / per_step))
 
 
 def _target_counts(table: WordTable, vocab: Vocabulary, corpus: EncodedCorpus) -> torch.Tensor:
@@ -78,6 +92,7 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         callback: Optional[Callable] = None) -> dict:
     """Train; returns the summary written to results.json (``completed`` False after Ctrl-C)."""
     t_start = time.time()
+    config.check()
     info = info or setup(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -176,20 +191,36 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     steps, budget_text = total_steps(config, n_tokens, n_sentences, info.world)
     logger.info("budget: %s", budget_text)
     torch.manual_seed(tc.seed)  # the same initial weights on every process
-    lm = BidirectionalLM(config.model, len(vocab), config.softmax, dedup=tc.dedup_tokens,
-                         bilm=init_model.bilm if init_model else None)
+    lm_class = ForwardLM if tc.directions == "forward" else BidirectionalLM
+    lm = lm_class(config.model, len(vocab), config.softmax, dedup=tc.dedup_tokens,
+                  bilm=init_model.bilm if init_model else None)
+    if config.optim.init_range is not None and init_model is None:
+        init_uniform(lm, config.optim.init_range)
+    if config.optim.identity_projection:
+        fix_identity_projection(lm.bilm)
+    logger.info("model: %s trainable parameters in the %s LM%s", f"{count_parameters(lm, tc.directions):,}",
+                "forward" if tc.directions == "forward" else "bidirectional",
+                " (LSTM projections fixed at the identity)" if config.optim.identity_projection else "")
     if config.softmax.unigram_bias_init:
         lm.softmax.init_bias(unigram_log_probs(target_counts))
     if init_model is not None:
         logger.info("--init %s: %d softmax rows carried over", init, transfer_softmax(lm, vocab, init_model))
     if d.batch_mode == "window":
-        batcher = WindowBatcher(corpus, table, d.batch_size, d.window, tc.seed, info.rank, info.world)
+        batcher = WindowBatcher(corpus, table, d.batch_size, d.window, tc.seed, info.rank, info.world,
+                                contiguous=d.window_order == "contiguous")
     else:
         batcher = SentenceBatcher(corpus, table, d.batch_size, d.max_sentence_tokens, tc.seed,
                                   info.rank, info.world)
     held_batches = eval_batches(held, table, d.batch_size, d.max_sentence_tokens, d.eval_max_tokens) \
         if len(held) else []
-    trainer = Trainer(lm, batcher, config, steps, out_dir, info, held_batches, callback)
+    if config.optim.schedule == "plateau" and not held_batches:
+        raise ValueError("optim.schedule 'plateau' needs held-out text (--heldout FILES or "
+                         "data.heldout_fraction > 0)")
+    heldout_eval = held_batches
+    if d.eval_mode == "stream" and held_batches:  # the held-out text in order, state carried
+        heldout_eval = StreamEvaluator(held, table, d.batch_size, d.window, tc.directions)
+    trainer = Trainer(lm, batcher, config, steps, out_dir, info, heldout_eval, callback,
+                      steps_per_epoch=epoch_steps(config, n_tokens, n_sentences, info.world))
     trainer.on_checkpoint = lambda: save_model_dir(lm, vocab, out_dir)
     trainer.extra_state["inputs"] = {"train": describe_inputs(train), "heldout": describe_inputs(heldout)}
     if latest is not None:

@@ -45,6 +45,7 @@ from elmo.bilm import detach_state, map_state
 from elmo.io import atomic_open
 from pretrain import checkpoint as ckpt
 from pretrain.config import OptimConfig, PretrainConfig
+from pretrain.directional import Plateau
 from pretrain.distributed import DistInfo, all_reduce_sum, gather_objects
 from pretrain.lm import BidirectionalLM, evaluate
 
@@ -80,11 +81,14 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                 weight_decay=cfg.weight_decay, **fused_kwargs(params))
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adagrad, adam")
+    if cfg.optimizer == "sgd":  # plain SGD, no momentum (Zaremba et al. 2014, Kim et al. 2016)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adagrad, adam, sgd")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based): warm-up, then the schedule."""
+    """Multiplier of the base learning rate at ``step`` (0-based): warm-up, then the schedule
+    (``plateau`` is constant here; the trainer multiplies in its ``Plateau`` scale)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
@@ -176,8 +180,10 @@ class MetricsLog:
 class Trainer:
     def __init__(self, lm: BidirectionalLM, batcher, config: PretrainConfig, total_steps: int,
                  out_dir: Optional[str] = None, info: Optional[DistInfo] = None,
-                 heldout=None, callback: Optional[Callable] = None) -> None:
+                 heldout=None, callback: Optional[Callable] = None,
+                 steps_per_epoch: Optional[int] = None) -> None:
         self.lm, self.batcher, self.config = lm, batcher, config
+        self.steps_per_epoch = steps_per_epoch  # for train.eval_per_epoch
         self.total_steps, self.out_dir = total_steps, out_dir
         self.info = info or DistInfo()
         self.heldout, self.callback = heldout, callback
@@ -191,8 +197,9 @@ class Trainer:
                 find_unused_parameters=lm.softmax.kind == "adaptive")
         opt = config.optim
         self.optimizer = build_optimizer(lm.parameters(), opt)
+        self.plateau = Plateau(opt.plateau_threshold, opt.plateau_factor)  # schedule "plateau"
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, opt, total_steps))
+            self.optimizer, lambda s: lr_factor(s, opt, total_steps) * self.plateau.scale)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         # Read the finite flag (and, under DDP, the stop vote) after every step: free on a CPU;
         # on a GPU they are read at log, evaluation and checkpoint steps only.
@@ -208,6 +215,7 @@ class Trainer:
         self.stop_agreed = False  # some process was asked, as of the last step: all stop together
         self.last_eval: Optional[dict] = None
         self.on_checkpoint: Optional[Callable] = None  # e.g. refresh the model files (rank 0)
+        self.extra_state: dict = {}  # plain values stored in every checkpoint (run.py: the inputs)
         self.metrics = MetricsLog(os.path.join(out_dir, "metrics.jsonl")
                                   if out_dir and self.info.is_main else None)
 
@@ -242,7 +250,10 @@ class Trainer:
             nf = nb = totals[6].float()
         else:  # per-token means
             nf, nb = totals[2].clamp(min=1).float(), totals[3].clamp(min=1).float()
-        loss = 0.5 * (out.forward_loss_sum / nf + out.backward_loss_sum / nb) * self.info.world
+        if cfg.train.directions == "forward":  # the forward LM alone (pretrain.directional)
+            loss = out.forward_loss_sum / nf * self.info.world
+        else:
+            loss = 0.5 * (out.forward_loss_sum / nf + out.backward_loss_sum / nb) * self.info.world
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.lm.parameters() if p.grad is not None]
@@ -252,7 +263,7 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(params, max_norm)  # a tensor: not read here
         fwd = totals[0] / totals[2].clamp(min=1)
         bwd = totals[1] / totals[3].clamp(min=1)
-        mean_loss = 0.5 * (fwd + bwd)
+        mean_loss = 0.5 * (fwd + bwd) if cfg.train.directions == "both" else fwd
         device_metrics = torch.stack([fwd, bwd, grad_norm.double(), totals[4], mean_loss])
         # fp16: infinite gradients are the loss scaler's business (it skips and lowers the scale).
         finite = torch.isfinite(mean_loss) if self.scaler.is_enabled() else \
@@ -298,7 +309,8 @@ class Trainer:
         return {"format": 1, "step": self.step, "tokens": self.tokens,
                 "config": self.config.to_dict(), "model": self.lm.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "ranks": ranks}
+                "scaler": self.scaler.state_dict(), "plateau": self.plateau.state_dict(), "ranks": ranks,
+                **self.extra_state}
 
     def save_checkpoint(self) -> Optional[str]:
         self.check_finite()  # never a checkpoint (or model) of a diverged run
@@ -319,6 +331,8 @@ class Trainer:
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.scaler.load_state_dict(data["scaler"])
+        if "plateau" in data:
+            self.plateau.load_state_dict(data["plateau"])
         self.step, self.tokens = int(data["step"]), int(data["tokens"])
         mine = data["ranks"][self.info.rank]
         self.batcher.load_state_dict(mine["data"])
@@ -331,7 +345,9 @@ class Trainer:
     def evaluate(self, max_batches: Optional[int] = None) -> Optional[dict]:
         if not self.heldout or not self.info.is_main:
             return None
-        result = evaluate(self.lm, self.heldout, max_batches)
+        # A callable held-out set evaluates the model itself (pretrain.evaluate.StreamEvaluator).
+        result = self.heldout(self.lm) if callable(self.heldout) else \
+            evaluate(self.lm, self.heldout, max_batches)
         self.last_eval = result
         self.metrics.write({"step": self.step, "tokens": self.tokens,
                             **{f"heldout_{k}": v for k, v in result.items()}})
@@ -379,9 +395,14 @@ class Trainer:
                         self._interval_loss.zero_()
                     if bar is not None:
                         bar.update(1)
-                    if self.step % eval_every == 0 and self.step < self.total_steps:
+                    epoch_end = bool(tc.eval_per_epoch and self.steps_per_epoch
+                                     and self.step % self.steps_per_epoch == 0
+                                     and self.step < self.total_steps)  # the last: run.py's
+                    if epoch_end:
+                        self.end_epoch()  # held-out evaluation; the plateau schedule
+                    elif self.step % eval_every == 0 and self.step < self.total_steps:
                         self.evaluate()
-                    if self.step % ckpt_every == 0 and self.step < self.total_steps:
+                    if (epoch_end or self.step % ckpt_every == 0) and self.step < self.total_steps:
                         self.save_checkpoint()
                     if self.step < self.total_steps and not self._should_stop():
                         feed.fetch()
@@ -395,6 +416,26 @@ class Trainer:
             logger.info("stopped at step %d; saving a checkpoint (resume with --resume)", self.step)
         self.save_checkpoint()
         return not stopped
+
+    def end_epoch(self) -> None:
+        """The held-out evaluation at the end of an epoch; it drives the ``plateau`` schedule."""
+        result = self.evaluate()  # rank 0 only
+        if self.config.optim.schedule != "plateau":
+            return
+        # Every process takes rank 0's perplexity, so all of them change the rate together.
+        ppl = torch.tensor([result["forward_ppl"] if result else 0.0], dtype=torch.float64,
+                           device=self.device)
+        ppl = float(all_reduce_sum(ppl, self.info)[0])
+        if self.plateau.update(ppl):
+            logger.info("epoch %d: held-out perplexity %.2f improved by less than %g: learning rate "
+                        "x %g", self.step // self.steps_per_epoch, ppl,
+                        self.plateau.threshold, self.plateau.factor)
+        lr = self.config.optim.lr * lr_factor(self.step, self.config.optim, self.total_steps) * \
+            self.plateau.scale
+        for group in self.optimizer.param_groups:  # the next step already uses the new rate
+            group["lr"] = lr
+        self.metrics.write({"step": self.step, "tokens": self.tokens, "epoch": self.step // self.steps_per_epoch,
+                            "lr_next": lr})
 
     def _should_stop(self) -> bool:
         # One process decides at once; several decide together at the next all-reduce.
