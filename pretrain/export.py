@@ -47,7 +47,12 @@ class InitModel(NamedTuple):
 
 
 def load_init(path: str) -> InitModel:
-    """A model to start from: a model directory (ours or original files) or a checkpoint file."""
+    """A model to start from: a model directory (ours or original files), a checkpoint file, or
+    a URL / hub id / release name (``elmo.hub``: downloaded first)."""
+    if not os.path.exists(path):
+        from elmo.hub import resolve_model
+
+        path = resolve_model(path)
     if os.path.isdir(path):
         bilm = ElmoBiLM.from_pretrained(path)
         soft, voc = os.path.join(path, SOFTMAX_NAME), os.path.join(path, VOCAB_NAME)

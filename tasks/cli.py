@@ -28,6 +28,7 @@ import torch
 
 from elmo import ElmoBiLM, load_original
 from elmo.config import write_json_atomic
+from elmo.hub import DownloadError
 from elmo.io import DiskFullError, atomic_open, check_output
 from tasks.cache import LayerCache
 from tasks.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup, save_weights
@@ -114,12 +115,15 @@ def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
         raise ValueError("--weight-file goes with --options-file (the original ELMo format)")
     if not cfg.use_elmo:
         return None
+    def source(spec: str) -> str:  # a local path made absolute; a URL or hub id as given
+        return os.path.abspath(spec) if os.path.exists(spec) else spec
+
     if args.model:
-        cfg.elmo_source = os.path.abspath(args.model)
-        return ElmoBiLM.from_pretrained(args.model)
+        cfg.elmo_source = source(args.model)
+        return ElmoBiLM.from_pretrained(args.model)  # a folder, URL, hub id or release (elmo.hub)
     if not args.weight_file:
         raise ValueError("--options-file needs --weight-file (the original ELMo weights hdf5)")
-    cfg.elmo_source = f"{os.path.abspath(args.options_file)} + {os.path.abspath(args.weight_file)}"
+    cfg.elmo_source = f"{source(args.options_file)} + {source(args.weight_file)}"
     return load_original(args.options_file, args.weight_file)
 
 
@@ -280,7 +284,7 @@ def main(argv: Optional[list] = None) -> int:
             print(json.dumps(paths))
             return 0
         return cmd_predict(args)
-    except (ValueError, FileNotFoundError, KeyError, DiskFullError) as e:
+    except (ValueError, FileNotFoundError, KeyError, DiskFullError, DownloadError) as e:
         print(f"elmo-task {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

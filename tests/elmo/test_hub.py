@@ -386,3 +386,24 @@ def test_cli_accepts_a_url_and_a_hub_id(server, cache, hub_cache, fixture_bytes,
     assert main([str(text), str(tmp_path / "bad.hdf5"), "--quiet", "--device", "cpu",
                  "--model", f"{server.url}/cli2"]) == 2
     assert not os.path.exists(tmp_path / "bad.hdf5")
+
+
+def test_pretrain_init_and_task_model_take_a_url(server, cache, tmp_path, tiny_config):
+    from pretrain.export import load_init
+    from tasks.cli import _load_elmo
+    from tasks.config import TaskConfig
+
+    model = ElmoBiLM(tiny_config)
+    model.save_pretrained(tmp_path / "m")
+    for name in os.listdir(tmp_path / "m"):
+        server.files[f"/init/{name}"] = (tmp_path / "m" / name).read_bytes()
+    init = load_init(f"{server.url}/init")
+    assert init.vocab is None and init.softmax is None
+    _same(init.bilm, model)
+
+    class Args:
+        model, options_file, weight_file = f"{server.url}/init", None, None
+
+    cfg = TaskConfig()
+    _same(_load_elmo(Args, cfg), model)
+    assert cfg.elmo_source == f"{server.url}/init"
