@@ -47,6 +47,10 @@ class JsonConfig:
                 raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data)
 
+    def with_override(self, assignment: str):
+        """A copy with one ``FIELD=VALUE`` applied (``set_field``: ``optim.lr=0.1``, ``lr=0.002``)."""
+        return type(self).from_dict(set_field(type(self), self.to_dict(), assignment))
+
 
 @dataclass
 class CharCNNConfig:
@@ -218,6 +222,80 @@ def _positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def set_field(cls: type, data: dict, assignment: str) -> dict:
+    """``data`` (the dictionary of config dataclass ``cls``, complete or partial) with one
+    ``FIELD=VALUE`` applied: the ``--set`` of every command.
+
+    FIELD is a dotted path through nested sections (``optim.lr``, ``model.bilm.dim``) or a plain
+    field name (``lr``). VALUE is read for the field's type: ``true/false/yes/no/1/0`` for a
+    flag, a number for a number, the text as it is for a string (``--set label_column=0`` stays
+    "0"), ``null`` for an optional field, JSON for a list (``model.char_cnn.filters=[[1,4]]``).
+    A value that does not fit is left to the config's own checks, which name the field; if those
+    accept it, the error says which type was expected."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects FIELD=VALUE (e.g. optim.lr=0.1 or lr=0.002), got {assignment!r}")
+    path, raw = assignment.split("=", 1)
+    path = path.strip()
+    keys = path.split(".")
+    out = copy.deepcopy(data)
+    node, owner = out, cls
+    for i, key in enumerate(keys):
+        names = [f.name for f in dataclasses.fields(owner)]
+        if key not in names:
+            where = ".".join(keys[:i]) or "the config"
+            raise ValueError(f"--set {path}: unknown field {key!r} (there is no field {key!r} in "
+                             f"{where}); valid fields: {sorted(names)}")
+        hint = typing.get_type_hints(owner)[key]
+        last = i == len(keys) - 1
+        if dataclasses.is_dataclass(hint) and last:
+            raise ValueError(f"--set {path}: {path} is a section; set one of its fields: "
+                             f"{sorted(f.name for f in dataclasses.fields(hint))}")
+        if not last:
+            if not dataclasses.is_dataclass(hint):
+                raise ValueError(f"--set {path}: {'.'.join(keys[:i + 1])} is a value, not a section")
+            node, owner = node.setdefault(key, {}), hint
+            continue
+        value, fits = _parse_value(raw, hint)
+        node[key] = value
+        if not fits:
+            config_from_dict(cls, out)  # the config's own check names the field, if it has one
+            raise ValueError(f"--set {path}: {raw!r} is not a valid {_type_name(hint)}")
+    return out
+
+
+def _parse_value(raw: str, hint: Any) -> tuple[Any, bool]:
+    """(value, whether it fits the type ``hint``) for the text of a ``--set``."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    text = raw.strip()
+    if optional and text.lower() in ("null", "none"):
+        return None, True
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = raw
+    if base is bool:
+        if text.lower() in ("true", "yes", "on", "1"):
+            return True, True
+        if text.lower() in ("false", "no", "off", "0"):
+            return False, True
+        return parsed, False
+    if base is int:
+        return parsed, isinstance(parsed, int) and not isinstance(parsed, bool)
+    if base is float:
+        fits = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+        return (float(parsed) if fits else parsed), fits
+    if base is str:
+        return (parsed if isinstance(parsed, str) else raw), True  # '"cpu"' (JSON) or cpu
+    return parsed, True  # lists, dicts, anything else: JSON, else the text
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return getattr(args[0] if args else hint, "__name__", str(hint))
 
 
 def config_from_dict(cls: type, data: Any, where: str = "") -> Any:

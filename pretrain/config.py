@@ -2,15 +2,14 @@
 
 ``PretrainConfig`` nests the model (``elmo.ElmoConfig``) and one dataclass per stage: data,
 softmax, optimizer, training loop. Every field can be overridden from the command line with a
-dotted path (``--set optim.lr=0.1``, ``--set model.bilm.dim=256``). Loading rejects unknown keys
-and lists the valid ones. Defaults follow the original training setup (bilm-tf): 20-token windows
-with state carried across batches, 8192 sampled negatives, Adagrad lr 0.2 with initial
-accumulator 1.0, gradient norm clip 10, dropout 0.1.
+dotted path (``--set optim.lr=0.1``, ``--set model.bilm.dim=256``; ``elmo.config.set_field``).
+Loading rejects unknown keys and lists the valid ones. Defaults follow the original training
+setup (bilm-tf): 20-token windows with state carried across batches, 8192 sampled negatives,
+Adagrad lr 0.2 with initial accumulator 1.0, gradient norm clip 10, dropout 0.1.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -197,28 +196,6 @@ class PretrainConfig(JsonConfig):
         if self.data.window_order == "contiguous" and self.data.streaming:
             raise ValueError("data.window_order 'contiguous' reads the corpus in memory; it cannot be "
                              "combined with data.streaming")
-
-    def with_override(self, assignment: str) -> "PretrainConfig":
-        """A copy with one ``dotted.path=value`` applied (value parsed as JSON, else a string)."""
-        if "=" not in assignment:
-            raise ValueError(f"--set expects FIELD=VALUE (e.g. optim.lr=0.1), got {assignment!r}")
-        path, raw = assignment.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        data = self.to_dict()
-        node, keys = data, path.strip().split(".")
-        for i, key in enumerate(keys):
-            if not isinstance(node, dict) or key not in node:
-                where = ".".join(keys[:i]) or "the config"
-                valid = sorted(node) if isinstance(node, dict) else []
-                raise ValueError(f"--set {path}: no field {key!r} in {where}; valid fields: {valid}")
-            if i == len(keys) - 1:
-                node[key] = value
-            else:
-                node = node[key]
-        return PretrainConfig.from_dict(data)
 
 
 # Training settings per size on top of the model preset. ``tiny`` is sized for two CPU cores and

@@ -9,10 +9,9 @@ pooling and an MLP.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from elmo.config import JsonConfig
+from elmo.config import JsonConfig, set_field
 
 TASKS = ("ner", "srl", "classify")
 CACHES = ("memory", "hdf5", "none")
@@ -106,27 +105,9 @@ def resolve_config(task: str, overrides: dict) -> TaskConfig:
 
 
 def parse_set(items: list[str]) -> dict:
-    """``["lr=0.01", "use_elmo=false"]`` -> typed values for TaskConfig fields."""
-    fields = {f.name: f for f in dataclasses.fields(TaskConfig)}
-    out = {}
+    """``["lr=0.01", "use_elmo=false"]`` -> typed values for TaskConfig fields (``elmo.config.set_field``,
+    the one ``--set`` of every command)."""
+    data: dict = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        if name not in fields:
-            raise ValueError(f"--set: unknown field {name!r}; valid fields: {sorted(fields)}")
-        default = fields[name].default
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                out[name] = value.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                out[name] = int(value)
-            elif isinstance(default, float):
-                out[name] = float(value)
-            else:
-                out[name] = value
-        except ValueError:
-            raise ValueError(f"--set {name}: {value!r} is not a valid {type(default).__name__}") from None
-    return out
+        data = set_field(TaskConfig, data, item)
+    return data

@@ -1,0 +1,45 @@
+"""One ``--set`` implementation (elmo.config.set_field) for elmo-pretrain and elmo-task: both
+dialects (dotted JSON-ish paths and flat task fields) parse to the field's type."""
+
+import pytest
+
+from elmo.config import ElmoConfig, set_field
+from pretrain.config import PretrainConfig
+from tasks.config import TaskConfig, parse_set
+
+
+def test_pretraining_paths_and_values():
+    c = PretrainConfig()
+    c = c.with_override("optim.lr=1").with_override("model.char_cnn.filters=[[1,4],[2,8]]")
+    c = c.with_override("data.tokenizer=punct").with_override('train.device="cuda:1"')
+    c = c.with_override("train.epochs=2").with_override("optim.clip_norm=null")
+    c = c.with_override("data.streaming=yes").with_override("data.text_field=123")
+    assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+    assert c.model.char_cnn.filters == [[1, 4], [2, 8]]
+    assert (c.data.tokenizer, c.train.device, c.train.epochs) == ("punct", "cuda:1", 2.0)
+    assert c.optim.clip_norm is None and c.data.streaming is True
+    assert c.data.text_field == "123"  # a string field keeps the text
+
+
+def test_task_fields_and_values():
+    assert parse_set(["lr=0.002", "use_elmo=false", "fine_tune=yes", "max_train=1000", "label_column=0",
+                      "char_filters=1:4,2:4", "cache_file="]) == {
+        "lr": 0.002, "use_elmo": False, "fine_tune": True, "max_train": 1000, "label_column": "0",
+        "char_filters": "1:4,2:4", "cache_file": ""}
+    assert TaskConfig().with_override("hidden_dim=64").hidden_dim == 64
+
+
+@pytest.mark.parametrize("cls, data, assignment, message", [
+    (TaskConfig, {}, "lr=abc", r"--set lr: 'abc' is not a valid float"),
+    (TaskConfig, {}, "use_elmo=maybe", r"--set use_elmo: 'maybe' is not a valid bool"),
+    (TaskConfig, {}, "epochs=1.5", r"--set epochs: '1.5' is not a valid int"),
+    (TaskConfig, {}, "hiden_dim=3", r"unknown field 'hiden_dim'.*valid fields: \[.*'hidden_dim'"),
+    (PretrainConfig, PretrainConfig().to_dict(), "data.window=abc", "data.window must be a number >= 1"),
+    (PretrainConfig, PretrainConfig().to_dict(), "optim.lrr=1", r"no field 'lrr' in optim\).*'lr'"),
+    (PretrainConfig, PretrainConfig().to_dict(), "optim=1", r"optim is a section; set one of its fields"),
+    (PretrainConfig, PretrainConfig().to_dict(), "optim.lr.x=1", r"optim.lr is a value, not a section"),
+    (ElmoConfig, ElmoConfig().to_dict(), "bilm.dim", r"--set expects FIELD=VALUE"),
+])
+def test_errors_name_the_field(cls, data, assignment, message):
+    with pytest.raises(ValueError, match=message):
+        set_field(cls, data, assignment)
