@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from elmo.config import PRESETS, BiLMConfig, CharCNNConfig, ElmoConfig, JsonConfig, preset
+from elmo.tokenize import TOKENIZERS
 
-TOKENIZERS = ("whitespace", "punct")
 BATCH_MODES = ("window", "sentence")
 SOFTMAX_KINDS = ("sampled", "full", "adaptive")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
