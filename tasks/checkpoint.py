@@ -23,6 +23,7 @@ from elmo import ElmoBiLM
 from elmo.io import DiskFullError, atomic_open, write_json_atomic
 from tasks.config import TaskConfig
 from tasks.data import Vocabulary
+from tasks.task import Task
 
 CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, ELMO_DIR = "task_config.json", "vocab.json", "model.pt", "elmo"
 BILM_PREFIX = "encoder.bilm."
@@ -41,8 +42,8 @@ def _damaged(path: str):
                          "damaged or incomplete: train it again or restore it from a copy") from None
 
 
-def get_task(name: str):
-    """The module (ner, srl or classify) holding a task's head and data functions."""
+def get_task(name: str) -> Task:
+    """The module (ner, srl or classify) holding a task's head and data functions (a ``Task``)."""
     if name == "ner":
         from tasks import ner as task
     elif name == "srl":

@@ -4,8 +4,8 @@ epoch 1, so a slow start is not taken for convergence; a stall is logged), the b
 kept, metrics per epoch in JSON lines.
 
 ``train(model, task, cfg, ...)`` works for every head: a head has ``loss(batch)`` and
-``predict(batch)``, and ``task`` is one of the modules ner / srl / classify (their ``decode`` and
-``evaluate`` turn predictions into strings and scores).
+``predict(batch)``, and ``task`` is one of the modules ner / srl / classify (a ``tasks.task.Task``:
+its ``decode`` and ``evaluate`` turn predictions into strings and scores).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tasks.checkpoint import head_state, load_head_state
 from tasks.config import TaskConfig
 from tasks.data import BatchMaker, Vocabulary, num_batches
 from tasks.readers import Instance
+from tasks.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def predict(model: nn.Module, instances: Sequence[Instance], maker: BatchMaker, 
     return out
 
 
-def evaluate(model: nn.Module, task, instances: Sequence[Instance], maker: BatchMaker,
+def evaluate(model: nn.Module, task: Task, instances: Sequence[Instance], maker: BatchMaker,
              labels: Vocabulary, cfg: TaskConfig, desc: str = "evaluate") -> tuple[dict, list]:
     """(scores, predictions as strings) on gold ``instances``."""
     predictions = task.decode(predict(model, instances, maker, cfg, desc), labels, cfg)
@@ -72,7 +73,7 @@ def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
 _STALL_REPORTS = {3, 5, 10, 20, 40, 80, 160}  # epochs at which a stall is reported (not every one)
 
 
-def train(model: nn.Module, task, cfg: TaskConfig, train_targets: Sequence[Instance],
+def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence[Instance],
           dev_data: Sequence[Instance], maker: BatchMaker, labels: Vocabulary, log_path: Optional[str] = None,
           on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
     """Train ``model`` in place and leave it holding the best weights (by the dev metric).

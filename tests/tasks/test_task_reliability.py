@@ -240,3 +240,19 @@ def test_srl_defaults_use_the_residual_stack_and_old_configs_load_without_it(tmp
     del old["lstm_residual"]  # a task_config.json written before the field existed
     (tmp_path / "task_config.json").write_text(json.dumps(old))
     assert TaskConfig.load(tmp_path / "task_config.json").lstm_residual is False
+
+
+def test_every_task_module_follows_the_task_protocol():
+    import inspect
+
+    from tasks.checkpoint import get_task
+    from tasks.config import TASKS
+    from tasks.task import Task
+
+    for name in TASKS:
+        module = get_task(name)
+        assert isinstance(module, Task), name
+        for member in ("read", "setup", "targets", "build", "decode", "evaluate", "write"):
+            wanted = list(inspect.signature(getattr(Task, member)).parameters)[1:]  # without self
+            assert list(inspect.signature(getattr(module, member)).parameters) == wanted, (name, member)
+    assert not isinstance(object(), Task)
