@@ -49,11 +49,11 @@ ORIGINAL_NAMES = ("options.json", "weights.hdf5")
 
 _ALLENNLP = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
 # AllenNLP's published ELMo releases (Peters et al. 2018; allennlp.org/elmo). Downloading them
-# needs network access; the sizes are the weight files'.
+# needs network access; the sizes are the float32 weights (the HDF5 files are about as large).
 RELEASES = {
-    "elmo-small": "2x1024_128_2048cnn_1xhighway",  # 13.6M parameters, ~54 MB
-    "elmo-medium": "2x2048_256_2048cnn_1xhighway",  # 28.0M parameters, ~108 MB
-    "elmo-original": "2x4096_512_2048cnn_2xhighway",  # 93.6M parameters, ~357 MB
+    "elmo-small": "2x1024_128_2048cnn_1xhighway",  # 13.6M parameters, ~52 MiB
+    "elmo-medium": "2x2048_256_2048cnn_1xhighway",  # 28.0M parameters, ~107 MiB
+    "elmo-original": "2x4096_512_2048cnn_2xhighway",  # 93.6M parameters, ~357 MiB
     "elmo-original-5.5b": "2x4096_512_2048cnn_2xhighway_5.5B",  # the same size, trained on 5.5B tokens
 }
 
