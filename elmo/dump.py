@@ -53,13 +53,10 @@ _PER_DATASET_BYTES = 4096      # HDF5 object header + attribute, generous
 
 
 class InputScan(NamedTuple):
-    size: int                  # bytes
+    size: int                             # bytes
     sha256: str
-    token_counts: array.array  # tokens on each line ("i" items)
-
-    @property
-    def num_lines(self) -> int:
-        return len(self.token_counts)
+    num_lines: int
+    token_counts: Optional[array.array]   # tokens on each line ("i" items), when asked for
 
 
 def decode_line(raw: bytes, path: str, line_number: int) -> str:
@@ -80,16 +77,19 @@ def read_lines(path: str) -> Iterator[str]:
             yield decode_line(raw, path, i + 1)
 
 
-def scan_input(path: str) -> InputScan:
-    """One pass over the input before any work: size, SHA-256, every line decoded (UTF-8 errors
-    raised here, naming the line) and its token count."""
-    digest, counts, size = hashlib.sha256(), array.array("i"), 0
+def scan_input(path: str, token_counts: bool = False) -> InputScan:
+    """One pass over the input before any work: size, SHA-256, line count, every line decoded
+    (UTF-8 errors raised here, naming the line) and, with ``token_counts``, each line's token
+    count (4 bytes a line: kept only when a resume needs them)."""
+    digest, counts, size, n = hashlib.sha256(), array.array("i"), 0, 0
     with open(path, "rb") as f:
-        for i, raw in enumerate(f):
+        for n, raw in enumerate(f, 1):
             digest.update(raw)
             size += len(raw)
-            counts.append(len(decode_line(raw, path, i + 1).split()))
-    return InputScan(size, digest.hexdigest(), counts)
+            text = decode_line(raw, path, n)
+            if token_counts:
+                counts.append(len(text.split()))
+    return InputScan(size, digest.hexdigest(), n, counts if token_counts else None)
 
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -211,7 +211,7 @@ def embed_file(embedder: "Embedder", input_file: str, output_file: str, output: 
         if os.path.lexists(partial):
             raise OutputPathError(f"{partial} exists (an interrupted run); pass --resume to "
                                   "continue it or --force to start over")
-    scan = scan_input(input_file)
+    scan = scan_input(input_file, token_counts=resume and os.path.exists(partial))
     current = fingerprint(embedder, scan, output)
     L, D = embedder.num_layers, embedder.output_dim
 
