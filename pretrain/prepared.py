@@ -579,7 +579,20 @@ class PreparedSentences:
 
     # The same seeded shuffle and rank shares as the in-memory corpus: the same batches.
     order = EncodedCorpus.order
-    sentences = EncodedCorpus.sentences
+
+    def sentences(self, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  start: int = 0, block: int = 4096) -> Iterator[np.ndarray]:
+        """``EncodedCorpus.sentences``: this rank's sentences of an epoch from position ``start``;
+        offsets looked up ``block`` sentences at a time, one ``pread`` per sentence."""
+        order = self.order(epoch, seed, rank, world)[start:]
+        offsets, fd, base, pread = self.corpus.offsets, self.corpus._fd, self.corpus._base, os.pread
+        for k in range(0, len(order), block):
+            g = order[k : k + block]
+            if self.index is not None:
+                g = self.index[g].astype(np.int64)
+            begin = offsets[g]
+            for a, n in zip((base + 4 * begin).tolist(), (4 * (offsets[g + 1] - begin)).tolist()):
+                yield np.frombuffer(pread(fd, n, a), np.int32)
 
 
 def vocabulary_from_counts(table: WordTable, counts: np.ndarray, alpha_rank: np.ndarray,

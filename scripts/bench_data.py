@@ -106,14 +106,20 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> float:
-    """Seconds of one preparation from scratch (a fresh process, like the command line)."""
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> tuple[float, float]:
+    """Wall seconds of ``elmo-prepare`` from scratch (a fresh process, imports included) and the
+    CPU seconds it and its workers used."""
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "pretrain.prepared", text, "--out", out, "--tokenizer",
                     tokenizer, "--workers", str(workers), "--no-progress", "--log-level", "WARNING"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 # -- one training start, in a fresh process ---------------------------------------------------
@@ -143,7 +149,9 @@ def _train_child(argv: list[str]) -> None:
 
     def callback(trainer, metrics):
         if "first" not in seen:
-            seen["first"] = {"seconds": time.time() - t_process, "step": metrics["step"], **rss()}
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            seen["first"] = {"seconds": time.time() - t_process, "step": metrics["step"],
+                             "cpu_seconds": usage.ru_utime + usage.ru_stime, **rss()}
         seen["last"] = {"step": metrics["step"], **rss()}
 
     run(config, [train], out, resume=resume == "1", callback=callback)
@@ -163,8 +171,10 @@ def train_start(train: str, out: str, steps: int, threads: int, prepare: bool, r
 
 
 # -- batch production -------------------------------------------------------------------------
-def batch_rate(corpus, table, n_batches: int) -> tuple[float, float]:
-    """Tokens/s of WindowBatcher.next_batch (128 x 20), without and with the (B, T, 50) char ids."""
+def batch_rate(corpus, table, n_batches: int) -> tuple[float, float, float]:
+    """Tokens per second of CPU time (this process, one thread) of WindowBatcher.next_batch
+    (128 x 20), without and with the (B, T, 50) char ids; and tokens per wall-clock second
+    without them (lower when other processes share the cores)."""
     import torch
 
     from pretrain.batches import WindowBatcher
@@ -175,13 +185,16 @@ def batch_rate(corpus, table, n_batches: int) -> tuple[float, float]:
         b = WindowBatcher(corpus, table, 128, 20, seed=0)
         for _ in range(20):
             b.next_batch()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n_batches):
             batch = b.next_batch()
             if with_chars:
                 batch.char_ids()
-        rates.append(n_batches * 128 * 20 / (time.perf_counter() - t0))
-    return rates[0], rates[1]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rates.append(n_batches * 128 * 20 / cpu)
+        if not with_chars:
+            wall_rate = n_batches * 128 * 20 / wall
+    return rates[0], rates[1], wall_rate
 
 
 def raw_batch_rate(text: str, n_batches: int) -> tuple[float, float]:
@@ -240,12 +253,13 @@ def main() -> None:
               f"of text (sampled from {meta['pool_lines']:,} real lines)", flush=True)
         prepared = os.path.join(args.work, name + ".prepared")
         for tokenizer, workers in (("whitespace", 1), ("punct", 2), ("whitespace", 2)):
-            s = timed_prepare(text, prepared, tokenizer, workers)
+            s, cpu = timed_prepare(text, prepared, tokenizer, workers)
             r[f"prep_{tokenizer}_{workers}"] = s
+            r[f"prep_{tokenizer}_{workers}_cpu"] = cpu
             with open(os.path.join(prepared, "manifest.json")) as f:
                 tokens = json.load(f)["num_tokens"]
             print(f"prepare {tokenizer:10s} {workers} worker(s): {s:6.1f} s  {tokens / s / 1e6:5.2f}M tokens/s"
-                  f" ({tokens:,} tokens)", flush=True)
+                  f" ({tokens:,} tokens; {cpu:.1f} CPU seconds in all)", flush=True)
         r["prepared_bytes"] = du(prepared)
         runs = {}
         for label, train, prep in (("prepared", prepared, True), ("raw", text, False)):
@@ -259,19 +273,21 @@ def main() -> None:
                 r["hf_cache_bytes"] = du(env["HF_DATASETS_CACHE"]) if os.path.isdir(env["HF_DATASETS_CACHE"]) else 0
             resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env)
             runs[label] = {"first": first, "resumed": resumed}
-            print(f"{label:8s} first step {first['first']['seconds']:6.1f} s, resumed step "
-                  f"{resumed['first']['seconds']:6.1f} s; peak RSS at step 1 {first['first']['peak_mib']:,.0f}"
+            print(f"{label:8s} first step {first['first']['seconds']:6.1f} s ({first['first']['cpu_seconds']:.1f} CPU s),"
+                  f" resumed step {resumed['first']['seconds']:6.1f} s ({resumed['first']['cpu_seconds']:.1f} CPU s); peak RSS at step 1 {first['first']['peak_mib']:,.0f}"
                   f" MiB (anon {first['first']['anon_mib']:,.0f}, file {first['first']['file_mib']:,.0f}),"
                   f" after {first['last']['step']} steps {first['last']['peak_mib']:,.0f} MiB", flush=True)
             shutil.rmtree(out, ignore_errors=True)
         r["runs"] = runs
         r["batch_prepared"] = prepared_batch_rate(prepared, args.batches)
-        print(f"batch production, prepared: {r['batch_prepared'][0] / 1e6:.2f}M tokens/s "
-              f"({r['batch_prepared'][1] / 1e6:.2f}M with the (B, T, 50) char ids)", flush=True)
+        print(f"batch production, prepared: {r['batch_prepared'][0] / 1e6:.2f}M tokens per CPU second "
+              f"({r['batch_prepared'][1] / 1e6:.2f}M with the (B, T, 50) char ids; "
+              f"{r['batch_prepared'][2] / 1e6:.2f}M per wall second)", flush=True)
         if not args.no_raw:
             r["batch_raw"] = raw_batch_rate(text, args.batches)
-            print(f"batch production, raw:      {r['batch_raw'][0] / 1e6:.2f}M tokens/s "
-                  f"({r['batch_raw'][1] / 1e6:.2f}M with the (B, T, 50) char ids)", flush=True)
+            print(f"batch production, raw:      {r['batch_raw'][0] / 1e6:.2f}M tokens per CPU second "
+                  f"({r['batch_raw'][1] / 1e6:.2f}M with the (B, T, 50) char ids; "
+                  f"{r['batch_raw'][2] / 1e6:.2f}M per wall second)", flush=True)
         shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
         results.append(r)
     report(results, args)
@@ -296,18 +312,24 @@ def report(results: list, args) -> None:
     row("prepare, whitespace, 1 worker", rate("prep_whitespace_1"))
     row("prepare, whitespace, 2 workers", rate("prep_whitespace_2"))
     row("prepare, punct, 2 workers", rate("prep_punct_2"))
+    row("prepare, whitespace: CPU seconds, 1 / 2 workers",
+        lambda r: f"{r['prep_whitespace_1_cpu']:.1f} / {r['prep_whitespace_2_cpu']:.1f}")
     row("text on disk", lambda r: mib(r["text_bytes"]))
     row("prepared corpus on disk", lambda r: mib(r["prepared_bytes"]))
     row("raw path: `datasets` cache on disk", lambda r: mib(r["hf_cache_bytes"]))
     for label in ("raw", "prepared"):
         row(f"{label}: first step (from process start)", lambda r: f"{r['runs'][label]['first']['first']['seconds']:.1f} s")
         row(f"{label}: resumed step", lambda r: f"{r['runs'][label]['resumed']['first']['seconds']:.1f} s")
+        row(f"{label}: CPU seconds to the first / resumed step",
+            lambda r: f"{r['runs'][label]['first']['first']['cpu_seconds']:.1f} / "
+                      f"{r['runs'][label]['resumed']['first']['cpu_seconds']:.1f}")
         row(f"{label}: peak RSS at step 1", lambda r: f"{r['runs'][label]['first']['first']['peak_mib']:,.0f} MiB")
         row(f"{label}: peak RSS after {args.steps} steps",
             lambda r: f"{r['runs'][label]['first']['last']['peak_mib']:,.0f} MiB")
-    row("raw: batch production (1 thread)", lambda r: f"{r['batch_raw'][0] / 1e6:.2f}M tokens/s")
-    row("prepared: batch production (1 thread)", lambda r: f"{r['batch_prepared'][0] / 1e6:.2f}M tokens/s")
-    row("prepared: batch + (B, T, 50) char ids", lambda r: f"{r['batch_prepared'][1] / 1e6:.2f}M tokens/s")
+    row("raw: batch production (tokens per CPU second)", lambda r: f"{r['batch_raw'][0] / 1e6:.2f}M")
+    row("prepared: batch production (tokens per CPU second)", lambda r: f"{r['batch_prepared'][0] / 1e6:.2f}M")
+    row("prepared: batch + (B, T, 50) char ids (per CPU second)", lambda r: f"{r['batch_prepared'][1] / 1e6:.2f}M")
+    row("prepared: batch production (tokens per wall second)", lambda r: f"{r['batch_prepared'][2] / 1e6:.2f}M")
     if len(results) >= 2:
         a, b = results[0], results[-1]
         dt = b["tokens"] - a["tokens"]
