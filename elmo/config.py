@@ -12,7 +12,7 @@ import json
 import os
 import typing
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from elmo.chars import MAX_CHARACTERS_PER_TOKEN, NUM_CHARACTER_IDS
 from elmo.io import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
@@ -66,10 +66,8 @@ class CharCNNConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "embedding_dim", "n_characters", "max_characters_per_token")
-        if self.n_highway < 0:
-            raise ValueError(f"char_cnn.n_highway must be >= 0, got {self.n_highway}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"char_cnn.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        check_at_least("char_cnn.n_highway", self.n_highway, 0, integer=True)
+        check_choice("char_cnn.activation", self.activation, ACTIVATIONS)
         if not self.filters:
             raise ValueError("char_cnn.filters must list at least one [width, count] pair")
         filters = []
@@ -119,8 +117,7 @@ class BiLMConfig:
         if kind is not None and kind not in RECURRENT_DROPOUT_KINDS:
             raise ValueError(f"bilm.recurrent_dropout_kind must be one of "
                              f"{', '.join(RECURRENT_DROPOUT_KINDS)} or null; got {kind!r}")
-        if not 0.0 <= self.recurrent_dropout < 1.0:
-            raise ValueError(f"bilm.recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
+        check_fraction("bilm.recurrent_dropout", self.recurrent_dropout)
         if kind is None and self.recurrent_dropout > 0:
             raise ValueError(f"bilm.recurrent_dropout is {self.recurrent_dropout} but "
                              "recurrent_dropout_kind is null; set recurrent_dropout_kind to one of "
@@ -216,12 +213,39 @@ def preset(name: str) -> ElmoConfig:
     return PRESETS[name]()
 
 
-# -- helpers -----------------------------------------------------------------------------------
-def _positive(obj: Any, *names: str) -> None:
+# -- checks of config values: the one set every config of the package uses -------------------
+def check_choice(name: str, value: Any, options: Sequence) -> None:
+    """``value`` must be one of ``options``; the error names the field and lists them."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+
+
+def check_at_least(name: str, value: Any, minimum: float, integer: bool = False) -> None:
+    """A number (an integer with ``integer``) >= ``minimum``; None passes (an optional field)."""
+    if value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        what = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") if integer \
+            else f"a number >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_fields_at_least(section: str, obj: Any, minimum: float, *names: str,
+                          integer: bool = False) -> None:
+    """``check_at_least`` for the fields ``names`` of ``obj``, named ``section.field``."""
     for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+        check_at_least(f"{section}.{name}", getattr(obj, name), minimum, integer)
+
+
+def check_fraction(name: str, value: Any) -> None:
+    """A rate in [0, 1): dropout, a held-out fraction."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    check_fields_at_least(type(obj).__name__, obj, 1, *names, integer=True)
 
 
 def set_field(cls: type, data: dict, assignment: str) -> dict:

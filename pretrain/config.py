@@ -11,9 +11,10 @@ Adagrad lr 0.2 with initial accumulator 1.0, gradient norm clip 10, dropout 0.1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-from elmo.config import PRESETS, BiLMConfig, CharCNNConfig, ElmoConfig, JsonConfig, preset
+from elmo.config import (PRESETS, BiLMConfig, CharCNNConfig, ElmoConfig, JsonConfig, check_choice,
+                         check_fields_at_least, check_fraction, preset)
 from elmo.tokenize import TOKENIZERS
 
 BATCH_MODES = ("window", "sentence")
@@ -24,19 +25,6 @@ WINDOW_ORDERS = ("shuffled", "contiguous")
 EVAL_MODES = ("sentence", "stream")
 DIRECTIONS = ("both", "forward")
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _choice(section: str, name: str, value: Any, options: tuple) -> None:
-    if value not in options:
-        raise ValueError(f"{section}.{name} must be one of {list(options)}, got {value!r}")
-
-
-def _at_least(section: str, obj: Any, minimum: float, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value < minimum):
-            raise ValueError(f"{section}.{name} must be a number >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -65,15 +53,14 @@ class DataConfig:
     eval_mode: str = "sentence"
 
     def __post_init__(self) -> None:
-        _choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
-        _choice("data", "batch_mode", self.batch_mode, BATCH_MODES)
-        _choice("data", "window_order", self.window_order, WINDOW_ORDERS)
-        _choice("data", "eval_mode", self.eval_mode, EVAL_MODES)
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        _at_least("data", self, 1, "min_count", "window", "batch_size", "max_sentence_tokens",
-                  "shuffle_buffer", "eval_max_tokens")
-        _at_least("data", self, 4, "max_vocab_size")
+        check_choice("data.tokenizer", self.tokenizer, TOKENIZERS)
+        check_choice("data.batch_mode", self.batch_mode, BATCH_MODES)
+        check_choice("data.window_order", self.window_order, WINDOW_ORDERS)
+        check_choice("data.eval_mode", self.eval_mode, EVAL_MODES)
+        check_fraction("data.heldout_fraction", self.heldout_fraction)
+        check_fields_at_least("data", self, 1, "min_count", "window", "batch_size", "max_sentence_tokens",
+                              "shuffle_buffer", "eval_max_tokens")
+        check_fields_at_least("data", self, 4, "max_vocab_size")
 
 
 @dataclass
@@ -85,9 +72,9 @@ class SoftmaxConfig:
     unigram_bias_init: bool = True     # start the bias at the log unigram frequencies (full/sampled)
 
     def __post_init__(self) -> None:
-        _choice("softmax", "kind", self.kind, SOFTMAX_KINDS)
-        _at_least("softmax", self, 1, "num_samples")
-        _at_least("softmax", self, 1.0, "adaptive_div_value")
+        check_choice("softmax.kind", self.kind, SOFTMAX_KINDS)
+        check_fields_at_least("softmax", self, 1, "num_samples")
+        check_fields_at_least("softmax", self, 1.0, "adaptive_div_value")
         if not self.adaptive_cutoffs or any(int(c) < 1 for c in self.adaptive_cutoffs) or \
                 list(self.adaptive_cutoffs) != sorted(set(self.adaptive_cutoffs)):
             raise ValueError("softmax.adaptive_cutoffs must be increasing positive integers, got "
@@ -121,16 +108,15 @@ class OptimConfig:
     identity_projection: bool = False
 
     def __post_init__(self) -> None:
-        _choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
-        _choice("optim", "schedule", self.schedule, SCHEDULES)
-        _choice("optim", "loss_normalization", self.loss_normalization, ("row", "token"))
-        _at_least("optim", self, 0, "lr", "adagrad_initial_accumulator", "weight_decay",
-                  "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value", "plateau_threshold",
-                  "init_range")
+        check_choice("optim.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_choice("optim.loss_normalization", self.loss_normalization, ("row", "token"))
+        check_fields_at_least("optim", self, 0, "lr", "adagrad_initial_accumulator", "weight_decay",
+                              "warmup_steps", "min_lr_ratio", "clip_norm", "clip_value", "plateau_threshold",
+                              "init_range")
         if not 0.0 < self.plateau_factor <= 1.0:
             raise ValueError(f"optim.plateau_factor must be in (0, 1], got {self.plateau_factor}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"optim.dropout must be in [0, 1), got {self.dropout}")
+        check_fraction("optim.dropout", self.dropout)
         if len(self.adam_betas) != 2:
             raise ValueError(f"optim.adam_betas must be [beta1, beta2], got {self.adam_betas!r}")
 
@@ -155,10 +141,10 @@ class TrainConfig:
     directions: str = "both"           # "forward": train (and evaluate) only the forward LM
 
     def __post_init__(self) -> None:
-        _choice("train", "precision", self.precision, PRECISIONS)
-        _choice("train", "directions", self.directions, DIRECTIONS)
-        _at_least("train", self, 1, "max_tokens", "max_steps", "threads", "log_every",
-                  "eval_every", "checkpoint_every", "keep_checkpoints")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.directions", self.directions, DIRECTIONS)
+        check_fields_at_least("train", self, 1, "max_tokens", "max_steps", "threads", "log_every",
+                              "eval_every", "checkpoint_every", "keep_checkpoints")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
                                         or self.epochs <= 0):
             raise ValueError(f"train.epochs must be a number > 0, got {self.epochs!r} (as train.max_steps "

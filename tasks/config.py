@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from elmo.config import JsonConfig, set_field
+from elmo.config import JsonConfig, check_at_least, check_choice, check_fraction, set_field
 
 TASKS = ("ner", "srl", "classify")
 CACHES = ("memory", "hdf5", "none")
@@ -67,18 +67,13 @@ class TaskConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.cache not in CACHES:
-            raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
-        if self.cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"cache_dtype must be float32 or float16, got {self.cache_dtype!r}")
+        check_choice("task", self.task, TASKS)
+        check_choice("cache", self.cache, CACHES)
+        check_choice("cache_dtype", self.cache_dtype, ("float32", "float16"))
         for name in ("epochs", "batch_size", "hidden_dim", "num_lstm_layers", "elmo_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 1, integer=True)
         for name in ("dropout", "elmo_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+            check_fraction(name, getattr(self, name))
         self.char_filter_pairs()  # validates the string
 
     def char_filter_pairs(self) -> list:

@@ -32,7 +32,7 @@ def test_task_fields_and_values():
 @pytest.mark.parametrize("cls, data, assignment, message", [
     (TaskConfig, {}, "lr=abc", r"--set lr: 'abc' is not a valid float"),
     (TaskConfig, {}, "use_elmo=maybe", r"--set use_elmo: 'maybe' is not a valid bool"),
-    (TaskConfig, {}, "epochs=1.5", r"--set epochs: '1.5' is not a valid int"),
+    (TaskConfig, {}, "epochs=1.5", r"epochs must be a positive integer, got 1.5"),  # the config's own check
     (TaskConfig, {}, "hiden_dim=3", r"unknown field 'hiden_dim'.*valid fields: \[.*'hidden_dim'"),
     (PretrainConfig, PretrainConfig().to_dict(), "data.window=abc", "data.window must be a number >= 1"),
     (PretrainConfig, PretrainConfig().to_dict(), "optim.lrr=1", r"no field 'lrr' in optim\).*'lr'"),
@@ -43,3 +43,30 @@ def test_task_fields_and_values():
 def test_errors_name_the_field(cls, data, assignment, message):
     with pytest.raises(ValueError, match=message):
         set_field(cls, data, assignment)
+
+
+def test_one_set_of_value_checks_for_every_config():
+    from elmo.config import BiLMConfig, CharCNNConfig, check_at_least, check_choice, check_fraction
+
+    with pytest.raises(ValueError, match=r"x must be one of \['a', 'b'\], got 'c'"):
+        check_choice("x", "c", ("a", "b"))
+    for value in (0, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"n must be a positive integer, got"):
+            check_at_least("n", value, 1, integer=True)
+    with pytest.raises(ValueError, match=r"r must be a number >= 0.5, got 0.25"):
+        check_at_least("r", 0.25, 0.5)
+    check_at_least("r", None, 0.5)  # an optional field left unset
+    for value in (-0.1, 1.0, "0.5"):
+        with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got"):
+            check_fraction("p", value)
+    # the model, pretraining and task configs all answer through them
+    with pytest.raises(ValueError, match=r"char_cnn.n_highway must be an integer >= 0, got -1"):
+        CharCNNConfig(n_highway=-1)
+    with pytest.raises(ValueError, match=r"BiLMConfig.n_layers must be a positive integer, got 0"):
+        BiLMConfig(n_layers=0)
+    with pytest.raises(ValueError, match=r"optim.dropout must be in \[0, 1\), got 1.0"):
+        PretrainConfig().with_override("optim.dropout=1.0")
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        TaskConfig(dropout=1.0)
+    with pytest.raises(ValueError, match=r"cache must be one of \['memory', 'hdf5', 'none'\], got 'disk'"):
+        TaskConfig(cache="disk")
