@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elmo.chars import bos_eos_char_ids
+from elmo.chars import PADDING_CHAR, bos_eos_char_ids
 from elmo.lstm import FORGET_BIAS, LstmProjection
 
 NO_CLIP = 3.0e38  # "no clipping" as a number (the exported graph has one code path)
@@ -101,6 +101,8 @@ class StatelessBiLM(nn.Module):
             copy.deepcopy(m).float().cpu() for m in (cnn.char_embedding, cnn.convolutions,
                                                       cnn.highway, cnn.projection))
         self.relu = cfg.char_cnn.activation == "relu"
+        self.max_width = max(width for width, _ in cfg.char_cnn.filters)
+        self.padding_char = PADDING_CHAR + 1  # after the +1 shift of every id
         bos, eos = bos_eos_char_ids(cfg.char_cnn.max_characters_per_token)
         self.register_buffer("boundary", torch.from_numpy(np.stack([bos, eos]).astype(np.int64)),
                              persistent=False)  # (2, C)
@@ -120,8 +122,16 @@ class StatelessBiLM(nn.Module):
         assert FORGET_BIAS == 1.0  # folded into b{k} by effective_bias
 
     def encode(self, chars: torch.Tensor) -> torch.Tensor:
-        """chars (N, C) -> (N, P): the character CNN, highway and projection."""
-        x = self.char_embedding(chars).transpose(1, 2)  # (N, e, C)
+        """chars (N, C) -> (N, P): the character CNN, highway and projection.
+
+        Only the first ``used + max width`` character positions are convolved (``used``: the
+        longest token's characters): a window wholly in the padding gives the same value for
+        every token, so one such window is enough for the max (as ``CharCNN.trim_characters``).
+        """
+        used = (chars != self.padding_char).sum(-1).max()
+        keep = torch.clamp(used + self.max_width, max=chars.shape[1])
+        chars = chars.narrow(1, 0, keep)  # a dynamic Slice in the graph
+        x = self.char_embedding(chars).transpose(1, 2)  # (N, e, C')
         pooled = [conv(x).max(dim=2).values for conv in self.convolutions]  # (N, count) each
         x = torch.cat(pooled, dim=-1)
         x = torch.relu(x) if self.relu else torch.tanh(x)
@@ -140,8 +150,14 @@ class StatelessBiLM(nn.Module):
         is_eos = (pos == (lengths + 1).unsqueeze(1)).unsqueeze(-1)
         ids = torch.where(is_bos, self.boundary[0], torch.where(is_eos, self.boundary[1], ids))
         mask2 = pos <= (lengths + 1).unsqueeze(1)  # (B, T+2)
-        tokens = self.encode(ids.reshape(-1, C)).reshape(B, T + 2, -1)
-        tokens = tokens * mask2.unsqueeze(-1).to(tokens.dtype)  # (B, T+2, P)
+        # Each distinct token of the batch is encoded once (ONNX NonZero, Unique, Gather), as
+        # ElmoBiLM does: padding positions and repeated words cost nothing in the char CNN.
+        flat = ids.reshape(-1, C)  # (B*(T+2), C)
+        rows = mask2.reshape(-1).nonzero().squeeze(1)  # (N,) real positions
+        unique, inverse = torch.unique(flat.index_select(0, rows), dim=0, return_inverse=True)
+        encoded = self.encode(unique).index_select(0, inverse)  # (N, P)
+        tokens = torch.zeros((flat.shape[0], encoded.shape[1]), dtype=encoded.dtype)
+        tokens = tokens.index_copy(0, rows, encoded).reshape(B, T + 2, -1)  # (B, T+2, P), zero at padding
 
         lengths2 = lengths + 2
         x = tokens.transpose(0, 1)  # (T+2, B, P)

@@ -56,7 +56,9 @@ def test_fixture_model_matches_torch_at_varied_lengths_and_batches(fixture_expor
     model, path = fixture_export
     sentences = _sentences(reference_dir)
     batches = [sentences[:1], sentences[:3], sentences, [["a"]], [["x"] * 60, ["y"]],
-               [s[:k] for k, s in zip(range(1, 9), sentences)]]
+               [s[:k] for k, s in zip(range(1, 9), sentences)],
+               [["w" * 45, "b", "w" * 45], ["hello"]],  # longer words than the export's example
+               [["Repeated", "words", "Repeated", "words"], ["words"]]]  # deduplicated tokens
     worst = _check(model, path, batches)
     assert worst < 5e-6  # float32 both sides; the bar above is the 1e-4
 
