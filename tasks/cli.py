@@ -16,6 +16,7 @@ the biLM.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import torch
 from elmo import ElmoBiLM, load_original
 from elmo.config import write_json_atomic
 from elmo.hub import DownloadError
-from elmo.io import DiskFullError, atomic_open, check_output
+from elmo.io import DiskFullError, atomic_open, check_output, clean_orphans
 from tasks.cache import LayerCache
 from tasks.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup, save_weights
 from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
@@ -143,6 +144,9 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if existing and not args.force:
         raise ValueError(f"--out {args.out} already holds a task model ({', '.join(existing)}); pass "
                          "--force to replace it, or choose another folder")
+    if os.path.isdir(args.out):
+        for path in clean_orphans(args.out):  # temporary files of a killed or disk-full run
+            logger.info("removed %s (a temporary file of an interrupted run)", path)
 
 
 def _warn_unseen(name: str, data: list, train_data: list) -> None:
@@ -256,6 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     model_files = [os.path.join(args.model_dir, n) for n in (CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME)]
     check_output(args.output, inputs=[args.data, *model_files], force=args.force, what="--output")
+    clean_orphans(os.path.dirname(os.path.abspath(args.output)), glob.escape(os.path.basename(args.output)))
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.progress = not args.quiet
     data = _read_for_prediction(task, cfg, args.data)

@@ -256,3 +256,24 @@ def test_every_task_module_follows_the_task_protocol():
             wanted = list(inspect.signature(getattr(Task, member)).parameters)[1:]  # without self
             assert list(inspect.signature(getattr(module, member)).parameters) == wanted, (name, member)
     assert not isinstance(object(), Task)
+
+
+def test_orphaned_temporary_files_are_removed_at_the_next_run(model_dir, tmp_path, capsys):
+    import shutil
+
+    out, data = model_dir
+    dead = 2 ** 22 + 12345  # above the kernel's default pid_max: no such process
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    orphan = os.path.join(copy, f"model.pt.tmp.{dead}")
+    open(orphan, "wb").write(b"half a model")
+    assert main(["train", "ner", "--train", data, "--dev", data, "--out", copy, "--force", "--no-elmo",
+                 "--epochs", "1", *SMALL]) == 0
+    assert not os.path.exists(orphan)
+    pred = tmp_path / "pred.txt"
+    stale = tmp_path / f"pred.txt.tmp.{dead}"
+    stale.write_text("half")
+    other = tmp_path / f"other.txt.tmp.{dead}"  # another output's temporary file is not ours to remove
+    other.write_text("half")
+    assert main(["predict", copy, "--data", data, "--output", str(pred), "--quiet"]) == 0
+    assert not stale.exists() and other.exists() and pred.exists()
