@@ -24,6 +24,7 @@ Hub repositories go through ``huggingface_hub`` (optional extra ``[hub]``) and i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -303,7 +304,7 @@ def _reason(e: BaseException) -> str:
 
 
 def download(url: str, dest: str, *, sha256: Optional[str] = None, retries: int = 3,
-             timeout: float = 60.0, force: bool = False) -> str:
+             timeout: float = 60.0, force: bool = False, lock_timeout: float = 3600.0) -> str:
     """Download ``url`` to ``dest`` (atomically, resumable, verified) unless it is already there.
 
     The bytes go to ``dest.partial``; after an interruption the next attempt asks for the rest
@@ -313,17 +314,69 @@ def download(url: str, dest: str, *, sha256: Optional[str] = None, retries: int 
     given ``sha256`` without being read again. Returns ``dest``.
 
     Raises FileNotFoundError (HTTP 404), ChecksumError, or DownloadError after ``retries``
-    failed resumptions (the ``.partial`` stays for the next call to resume).
+    failed resumptions (the ``.partial`` stays for the next call to resume). Concurrent calls
+    for one ``dest`` (threads or processes) download it once: the others wait on ``dest.lock``
+    (up to ``lock_timeout`` seconds) and then use the file.
     """
-    record = dest + ".sha256"
     if os.path.isfile(dest) and not force:
-        if sha256 is not None:
-            known = _read_digest(record, record) if os.path.isfile(record) else sha256_of(dest)
-            if known != sha256.strip().lower():
-                raise ChecksumError(f"{dest} (cached from {url}): sha256 mismatch: expected "
-                                    f"{sha256.strip().lower()}, found {known}; delete it to download again")
-        return dest
+        return _check_cached(url, dest, sha256)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    # One writer per file: processes that load the same model at once (e.g. every rank under
+    # torchrun) wait for the first one's download instead of writing the same .partial.
+    with _lock(dest, url, lock_timeout):
+        if os.path.isfile(dest) and not force:  # another process completed it meanwhile
+            return _check_cached(url, dest, sha256)
+        return _download_now(url, dest, sha256, retries, timeout, force)
+
+
+def _check_cached(url: str, dest: str, sha256: Optional[str]) -> str:
+    record = dest + ".sha256"
+    if sha256 is not None:
+        known = _read_digest(record, record) if os.path.isfile(record) else sha256_of(dest)
+        if known != sha256.strip().lower():
+            raise ChecksumError(f"{dest} (cached from {url}): sha256 mismatch: expected "
+                                f"{sha256.strip().lower()}, found {known}; delete it to download again")
+    return dest
+
+
+@contextlib.contextmanager
+def _lock(dest: str, url: str, wait: float):
+    """``dest.lock`` (holding the writer's PID), created exclusively; a lock whose process has
+    died is taken over; one held longer than ``wait`` seconds is an error."""
+    from elmo.io import pid_running
+
+    path, deadline = dest + ".lock", time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                with open(path, encoding="ascii") as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = -1  # being written this instant: look again
+            if pid == 0 or (pid > 0 and not pid_running(pid)):
+                logger.warning("%s: removing the lock of process %d, which no longer runs", dest, pid)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                continue
+            if time.monotonic() > deadline:
+                raise DownloadError(f"{url}: process {pid} has been downloading it into {dest} for "
+                                    f"over {wait:.0f} s; wait for it, or remove {path} if it is stuck")
+            time.sleep(0.1)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(str(os.getpid()))
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _download_now(url: str, dest: str, sha256: Optional[str], retries: int, timeout: float,
+                  force: bool) -> str:
+    record = dest + ".sha256"
     partial = dest + ".partial"
     if force and os.path.exists(partial):
         os.remove(partial)

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 datasets = pytest.importorskip("datasets")
 
@@ -90,3 +91,15 @@ def test_bad_columns_are_named(conll, embedder):
         add_elmo_vectors(conll, embedder, tokens_column="words")
     with pytest.raises(ValueError, match="already has a column 'ner_tags'"):
         add_elmo_vectors(conll, embedder, column="ner_tags")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_column_matches_the_cpu(conll, embedder, reference_dir):
+    gpu = Embedder.from_pretrained(options_file=os.path.join(reference_dir, "options.json"),
+                                   weight_file=os.path.join(reference_dir, "lm_weights.hdf5"),
+                                   device="cuda", batch_size=16)
+    small = conll.select(range(16))
+    on_gpu = add_elmo_vectors(small, gpu, output="top").with_format("numpy")
+    on_cpu = add_elmo_vectors(small, embedder, output="top").with_format("numpy")
+    for i in range(16):
+        np.testing.assert_allclose(on_gpu[i]["elmo"], on_cpu[i]["elmo"], atol=1e-4)

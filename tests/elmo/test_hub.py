@@ -11,7 +11,10 @@ import hashlib
 import http.server
 import os
 import shutil
+import subprocess
+import sys
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -37,6 +40,7 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.drop: dict[str, int] = {}
         self.no_range: set = set()
+        self.delay: dict[str, float] = {}  # seconds to wait before answering
         self.requests: list = []  # (path, Range header or None)
         server = self
 
@@ -47,6 +51,7 @@ class _Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                time.sleep(server.delay.get(self.path, 0.0))
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404)
@@ -218,6 +223,47 @@ def test_a_server_without_range_support_sends_the_whole_file_again(server, cache
     dest = hub.download(f"{server.url}/nr/weights.hdf5", str(cache / "w.hdf5"))
     with open(dest, "rb") as f:
         assert f.read() == weights
+
+
+def test_concurrent_loads_download_once_and_stale_locks_are_taken_over(server, cache, fixture_bytes):
+    _, weights = fixture_bytes
+    server.add("/lock/weights.hdf5", weights, digest=True)
+    server.delay["/lock/weights.hdf5"] = 0.5
+    url, dest = f"{server.url}/lock/weights.hdf5", str(cache / "w.hdf5")
+    results, errors = [], []
+
+    def load():
+        try:
+            results.append(hub.download(url, dest))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and results == [dest] * 3
+    assert [p for p, _ in server.requests].count("/lock/weights.hdf5") == 1
+    assert not os.path.exists(dest + ".lock")
+    # a lock left by a process that no longer runs is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    other = str(cache / "v.hdf5")
+    with open(other + ".lock", "w") as f:
+        f.write(dead)
+    assert hub.download(url, other) == other
+    # a lock held by a live process: wait, then a clear error
+    with open(str(cache / "u.hdf5") + ".lock", "w") as f:
+        f.write(str(os.getpid()))
+    with pytest.raises(DownloadError, match=f"process {os.getpid()} has been downloading"):
+        hub.download(url, str(cache / "u.hdf5"), lock_timeout=0.3)
+
+
+def test_hub_ids_without_huggingface_hub_name_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[hub\]"):
+        ElmoBiLM.from_pretrained("org/not-local")
 
 
 def test_missing_files_and_urls_give_clear_errors(server, cache):
