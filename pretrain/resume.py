@@ -6,7 +6,8 @@ compared with the configuration stored in the latest checkpoint, field by field:
 
 - ``RESUMABLE`` fields may change; they only steer the rest of the run: the budget
   (``train.max_tokens`` / ``max_steps`` / ``epochs``), the evaluation, logging and checkpoint
-  intervals, the number of kept checkpoints, threads, device and the progress bar.
+  intervals, the number of kept checkpoints, threads, device, ``torch.compile`` and the progress
+  bar.
 - ``optim.lr`` may change and is applied: from the resumed step on, the schedule's factor
   multiplies the new base rate (logged as ``optim.lr 0.2 -> 0.1``).
 - Every other field is refused with one message naming each field with its checkpoint and new
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 RESUMABLE = frozenset({
     "train.max_tokens", "train.max_steps", "train.epochs",
     "train.eval_every", "train.eval_at_start", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.threads", "train.device", "train.progress",
+    "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.progress",
 })
 APPLIED_ON_RESUME = frozenset({"optim.lr"})
 
