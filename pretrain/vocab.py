@@ -27,6 +27,10 @@ NO_TARGET = -1
 
 
 class Vocabulary:
+    """The words the LM predicts (its softmax rows), ``<S>``, ``</S>``, ``<UNK>`` first; saved as
+    text. Not a task model's word or label index (``tasks.data.Vocabulary``), which has padding
+    and unknown entries of its own and no order by frequency."""
+
     def __init__(self, words: Sequence[str]) -> None:
         words = list(words)
         if tuple(words[:3]) != SPECIALS:

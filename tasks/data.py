@@ -20,7 +20,12 @@ PAD, UNK = "@@PAD@@", "@@UNK@@"
 
 
 class Vocabulary:
-    """Index <-> string for words (with padding and unknown entries) or labels (without)."""
+    """Index <-> string for a task model's words (with padding and unknown entries) or labels
+    (without), saved in the model folder's ``vocab.json``.
+
+    Not the pretraining vocabulary (``pretrain.vocab.Vocabulary``): that one is the LM's softmax
+    over words, ``<S>``, ``</S>``, ``<UNK>`` first and then by frequency, saved as ``vocab.txt``.
+    The two share a name, not a concept."""
 
     def __init__(self, items: Sequence[str], specials: bool) -> None:
         self.items = ([PAD, UNK] if specials else []) + [x for x in items if x not in (PAD, UNK)]
