@@ -171,11 +171,16 @@ def _url_folder(base: str, cache: Optional[str]) -> str:
 def _resolve_release(name: str, sha256, cache, force) -> str:
     options_url, weights_url = release_urls(name)
     folder = os.path.join(cache or cache_dir(), "allennlp", name)
-    logger.info("%s: AllenNLP's published release; downloading it needs network access (%s)",
-                name, weights_url)
-    download(options_url, os.path.join(folder, "options.json"), force=force)
-    download(weights_url, os.path.join(folder, "weights.hdf5"),
-             sha256=_expected(sha256, "weights.hdf5", True), force=force)
+    if force or not _complete_folder(folder, sha256):
+        logger.info("%s: AllenNLP's published release, downloaded once into %s (needs network "
+                    "access): %s", name, folder, weights_url)
+    try:
+        download(options_url, os.path.join(folder, "options.json"), force=force)
+        download(weights_url, os.path.join(folder, "weights.hdf5"),
+                 sha256=_expected(sha256, "weights.hdf5", True), force=force)
+    except DownloadError as e:
+        raise DownloadError(f"{name}: the named releases are downloaded from AllenNLP's servers "
+                            f"and need network access: {e}") from None
     return folder
 
 

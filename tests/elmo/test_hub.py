@@ -318,6 +318,12 @@ def test_the_named_releases_point_at_allennlps_published_files(server, cache, fi
     model = ElmoBiLM.from_pretrained("elmo-small", sha256=_sha(weights))
     _same(model, _reference_model(reference_dir))
     assert os.path.isfile(cache / "allennlp" / "elmo-small" / "weights.hdf5")
+    # without network: an error that says so (a port on 127.0.0.1 that nothing listens on)
+    closed = _Server()
+    closed.close()
+    monkeypatch.setattr(hub, "_ALLENNLP", f"{closed.url}/elmo")
+    with pytest.raises(DownloadError, match="elmo-medium: the named releases .* need network access"):
+        ElmoBiLM.from_pretrained("elmo-medium")
 
 
 # -- the model hub (huggingface_hub's cache layout, offline) -------------------------------------
