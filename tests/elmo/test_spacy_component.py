@@ -94,3 +94,12 @@ def test_the_factory_comes_through_the_entry_point(files):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(3, 32)"
+
+
+def test_to_disk_and_spacy_load_rebuild_the_component(files, tmp_path):
+    nlp = _nlp(files, output=[0.2, 0.3, 0.5])
+    before = nlp(TEXTS[0]).tensor
+    nlp.to_disk(tmp_path / "pipeline")  # the config names the model; the weights stay where they are
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.pipe_names == ["elmo"]
+    np.testing.assert_array_equal(loaded(TEXTS[0]).tensor, before)
