@@ -21,8 +21,9 @@ One name per part of the model:
 * ``Elmo``: ``ElmoBiLM`` plus learned scalar mixes and dropout, for task models.
 * ``pretrain.lm.BidirectionalLM``: ``ElmoBiLM`` plus the softmax, for pretraining.
 
-A checkpoint of ours is a directory with ``elmo_config.json`` and ``elmo_weights.pt`` (a
-``state_dict``); the original format is ``options.json`` + ``weights.hdf5`` (see ``weights.py``).
+A checkpoint of ours is a directory with ``elmo_config.json`` and ``elmo_weights.safetensors``
+(a ``state_dict``; ``elmo_weights.pt`` without safetensors or from earlier versions, see
+``serialization.py``); the original format is ``options.json`` + ``weights.hdf5`` (see ``weights.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a run leaves in its directory, exporting it, and starting a new run from it.
 
 A finished (or interrupted) run directory is a model directory of ``elmo``
-(``elmo_config.json`` + ``elmo_weights.pt``, loadable with ``ElmoBiLM.from_pretrained`` and
+(``elmo_config.json`` + ``elmo_weights.safetensors`` or ``.pt``, loadable with ``ElmoBiLM.from_pretrained`` and
 ``elmo-embed --model``) plus ``vocab.txt`` and ``lm_softmax.pt`` (the softmax, needed only to
 continue training). ``export_original`` writes the original ``options.json`` + HDF5 layout.
 

@@ -2,7 +2,7 @@
 
 ``run(config, train, out_dir, ...)`` is what ``elmo-pretrain`` calls. The run directory receives
 ``pretrain_config.json`` (before the first step), ``vocab.txt``, ``metrics.jsonl``,
-``checkpoints/``, the model (``elmo_config.json`` + ``elmo_weights.pt`` + ``lm_softmax.pt``),
+``checkpoints/``, the model (``elmo_config.json`` + ``elmo_weights.safetensors`` (or ``.pt``) + ``lm_softmax.pt``),
 ``curves.png`` and ``results.json`` (held-out perplexity per direction next to a unigram
 baseline's on the same tokens).
 """

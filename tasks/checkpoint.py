@@ -3,7 +3,7 @@
     DIR/task_config.json   the resolved TaskConfig (task, scheme, sizes, training settings)
     DIR/vocab.json         {"words": [...] or null, "labels": [...]}
     DIR/model.pt           the head's state_dict (without the biLM's weights)
-    DIR/elmo/              a copy of the ELMo (elmo_config.json + elmo_weights.pt), fine-tuned or not
+    DIR/elmo/              a copy of the ELMo (elmo_config.json + elmo_weights.safetensors/.pt), fine-tuned or not
     DIR/metrics.jsonl      one line per epoch;  DIR/results.json  final dev/test scores
 
 The ELMo is copied rather than referenced so the folder keeps working when the original moves.
