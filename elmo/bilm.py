@@ -13,7 +13,7 @@ state is a tuple of (B, size) tensors; for the LSTM it is (h (B, P), c (B, H)).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -87,18 +87,26 @@ class BiLM(nn.Module):
                 layer.set_initial_state(tuple(x[row] for x in st))
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, state: Optional[BiLMState] = None,
-                dropout: float = 0.0) -> tuple[list[torch.Tensor], BiLMState]:
+                dropout: float = 0.0, lengths: Optional[Sequence[int]] = None
+                ) -> tuple[list[torch.Tensor], BiLMState]:
         """inputs (B, T, P), mask (B, T) with each row's real positions first.
 
         Returns ``n_layers`` tensors (B, T, 2P) (zero at padding; float32) and the final state of
         every row, in the rows' input order. ``dropout`` applies to each layer's input in training.
+        ``lengths``, the B ints of ``mask.sum(-1)`` when the caller knows them, saves reading them
+        back from the device (the loop needs them on the host): a GPU step then never waits.
         """
         B, T, P = inputs.shape
-        lengths = mask.long().sum(-1)  # (B,)
-        lengths_sorted, order = torch.sort(lengths, descending=True, stable=True)
+        if lengths is None:
+            lengths_sorted, order = torch.sort(mask.long().sum(-1), descending=True, stable=True)
+            batch_sizes = batch_sizes_from_lengths(lengths_sorted.tolist())
+        else:
+            host_order = sorted(range(B), key=lambda i: -lengths[i])  # stable, as torch.sort
+            batch_sizes = batch_sizes_from_lengths([lengths[i] for i in host_order])
+            order = torch.tensor(host_order, dtype=torch.long).to(inputs.device, non_blocking=True)
+            lengths_sorted = torch.tensor([lengths[i] for i in host_order]).to(inputs.device, non_blocking=True)
         unsort = torch.empty_like(order)
         unsort[order] = torch.arange(B, device=order.device)
-        batch_sizes = batch_sizes_from_lengths(lengths_sorted.tolist())
         if len(batch_sizes) < T:  # trailing all-padding positions
             batch_sizes += [0] * (T - len(batch_sizes))
         if state is None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elmo import sync
 from elmo.chars import PADDING_CHAR, TokenBatch
 from elmo.config import CharCNNConfig
 
@@ -129,6 +130,8 @@ class CharCNN(nn.Module):
         positions, where ``used`` counts the longest token's non-padding ids.
         """
         C = char_ids.shape[-1]
+        if not sync.may_sync(char_ids):  # reading ``used`` would synchronise with the device
+            return char_ids
         used = int((char_ids != PADDING_ID).sum(-1).max())
         keep = min(C, used + max(width for width, _ in self.config.filters))
         return char_ids[:, :keep]

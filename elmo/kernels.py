@@ -166,7 +166,11 @@ class LstmKernels:
 
     def fuses(self, layers: Sequence) -> bool:
         """Whether ``run`` computes these layers: each says it is the plain LSTM cell
-        (``runs_fused``) and all have the same sizes, clips and weight dtype and device."""
+        (``runs_fused``) and all have the same sizes, clips and weight dtype and device. Not under
+        ``torch.compile``: the compiler traces the readable step loop of ``elmo.cells`` instead
+        (it cannot trace this loop's ``out=`` views or the prepared CPU kernels)."""
+        if torch.compiler.is_compiling():
+            return False
         if not all(getattr(layer, "runs_fused", False) for layer in layers):
             return False
         signature = {(layer.input_dim, layer.hidden_dim, layer.projection_dim, layer.cell_clip,

@@ -94,7 +94,7 @@ class Lstm(SteppedLayer):
         Returns outputs (T, B, P) (zero past each row's end; float32, or float64 for float64
         weights) and the final state of every row (its state after its own last step).
         """
-        if not self.runs_fused:
+        if not self.runs_fused or torch.compiler.is_compiling():  # (see LstmKernels.fuses)
             return super().forward(inputs, batch_sizes, state, masks)
         state = self._start(inputs, batch_sizes, state)
         return LstmKernels().run([self], [inputs], batch_sizes, [state])[0]

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from elmo import sync
 from elmo.bilm import BiLM, BiLMState, detach_state, map_state
 from elmo.char_cnn import CharCNN, check_char_ids
 from elmo.chars import TokenBatch, bos_eos_char_ids
@@ -122,7 +123,8 @@ class ElmoBiLM(nn.Module):
 
     def forward(self, inputs: TokenBatch | torch.Tensor, state: Optional[BiLMState] = None, *,
                 add_boundaries: bool = True, keep_boundaries: bool = False, dropout: float = 0.0,
-                token_vectors: Optional[torch.Tensor] = None) -> ElmoOutput:
+                token_vectors: Optional[torch.Tensor] = None,
+                lengths: Optional[Sequence[int]] = None) -> ElmoOutput:
         """A ``TokenBatch`` (``batch_to_tokens``) or char ids (B, T, C) (``batch_to_ids``) ->
         ``ElmoOutput`` with L+1 layers (B, T, 2P) and the mask (B, T).
 
@@ -132,7 +134,9 @@ class ElmoBiLM(nn.Module):
         as given. ``state`` overrides the initial state (rows in batch order). ``dropout`` is
         applied to each biLM layer's input in training mode. ``token_vectors`` (U, P), the
         character encoder's output for the rows of ``inputs.token_chars`` when already known (the
-        featurizer's vocabulary cache), skips the character CNN for those tokens.
+        featurizer's vocabulary cache), skips the character CNN for those tokens. ``lengths``, the B
+        rows' token counts when the caller knows them, spares the biLM reading them back from a GPU
+        (``elmo.sync``).
 
         Character ids outside the embedding table raise a ``ValueError``; a ``TokenBatch``'s values
         are checked when it is on the CPU (on a GPU the check would stall the queue).
@@ -152,7 +156,9 @@ class ElmoBiLM(nn.Module):
         mask = tokens.mask
         if state is None and self.stateful:
             state = self._carried_state(x.shape[0])
-        bilm_layers, final = self.bilm(x, mask, state, dropout=dropout)
+        if lengths is not None and add_boundaries:
+            lengths = [n + 2 for n in lengths]  # <S> and </S>
+        bilm_layers, final = self.bilm(x, mask, state, dropout=dropout, lengths=lengths)
         if self.stateful:
             self._store_state(final)
         layers = [torch.cat([x, x], dim=-1).float()] + bilm_layers
@@ -178,7 +184,7 @@ class ElmoBiLM(nn.Module):
         if chars.dim() != 2 or chars.shape[1] != C or index.dim() != 2:
             raise ValueError(f"a TokenBatch must hold token_chars (tokens, {C}) and index (batch, "
                              f"positions), got {tuple(chars.shape)} and {tuple(index.shape)}")
-        if index.device.type != "cpu":  # value checks would synchronise with the device
+        if not sync.may_sync(index):  # value checks would synchronise with the device
             return inputs
         if index.numel() and (int(index.max()) >= chars.shape[0] or int(index.min()) < -1):
             raise ValueError(f"TokenBatch.index must lie in [-1, {chars.shape[0]}) (rows of "

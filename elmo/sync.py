@@ -17,5 +17,6 @@ import torch
 
 
 def may_sync(tensor: torch.Tensor) -> bool:
-    """True when reading ``tensor``'s values on the host is free (a CPU tensor)."""
-    return tensor.device.type == "cpu"
+    """True when reading ``tensor``'s values on the host is free: a CPU tensor, outside
+    ``torch.compile`` (where a read would split the graph)."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()

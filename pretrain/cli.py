@@ -34,7 +34,7 @@ _FLAGS = {
     "optimizer": "optim.optimizer", "lr": "optim.lr", "dropout": "optim.dropout",
     "max_tokens": "train.max_tokens", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "seed": "train.seed", "device": "train.device", "precision": "train.precision",
-    "threads": "train.threads", "eval_every": "train.eval_every",
+    "threads": "train.threads", "eval_every": "train.eval_every", "compile": "train.compile",
     "checkpoint_every": "train.checkpoint_every",
     "cell": "model.bilm.cell", "recurrent_dropout_kind": "model.bilm.recurrent_dropout_kind",
     "recurrent_dropout": "model.bilm.recurrent_dropout",
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="run the model's forward and backward through torch.compile (window mode; "
+                        "the first steps compile)")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--cell", choices=CELLS, help="recurrent cell of the biLM (default lstm; see elmo.cells)")

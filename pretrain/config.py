@@ -136,6 +136,7 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps; null = about 10 per run
     keep_checkpoints: int = 3
     dedup_tokens: bool = True          # run the char CNN once per distinct token of a batch
+    compile: bool = False              # the model's forward/backward through torch.compile
     progress: bool = True
     eval_per_epoch: bool = False       # also evaluate (and checkpoint) at the end of every epoch
     directions: str = "both"           # "forward": train (and evaluate) only the forward LM

@@ -47,25 +47,36 @@ class BidirectionalLM(nn.Module):
         self.softmax = LMSoftmax(config.bilm.projection_dim, vocab_size, softmax)
         self.dedup = dedup
 
-    def top_layer(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0
-                  ) -> tuple[torch.Tensor, BiLMState]:
-        """The top biLM layer (B, T, 2P) (float32) and the final state."""
+    def top_layer(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
+                  full_rows: bool = False) -> tuple[torch.Tensor, BiLMState]:
+        """The top biLM layer (B, T, 2P) (float32) and the final state. ``full_rows``: every row
+        has all T positions (window mode), so the biLM needs no lengths from the device."""
         inputs = batch.token_batch() if self.dedup else batch.char_ids()
-        out = self.bilm(inputs, state, add_boundaries=False, dropout=dropout)
+        lengths = [batch.tokens.shape[1]] * batch.tokens.shape[0] if full_rows else None
+        out = self.bilm(inputs, state, add_boundaries=False, dropout=dropout, lengths=lengths)
         return out.layers[-1], out.state
 
     def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
-                generator: Optional[torch.Generator] = None) -> LMOutput:
-        top, final = self.top_layer(batch, state, dropout)
+                generator: Optional[torch.Generator] = None, full_rows: bool = False) -> LMOutput:
+        top, final = self.top_layer(batch, state, dropout, full_rows)
         if dropout > 0 and self.training:  # the original also drops the LSTM output before the softmax
             top = nn.functional.dropout(top, dropout, training=True)
         P = top.shape[-1] // 2
         fsel, bsel = batch.forward_targets >= 0, batch.backward_targets >= 0  # (B, T)
-        hidden = torch.cat([top[..., :P][fsel], top[..., P:][bsel]])  # (Nf + Nb, P)
-        targets = torch.cat([batch.forward_targets[fsel], batch.backward_targets[bsel]])
-        losses = self.softmax(hidden, targets, generator)  # (Nf + Nb,)
-        nf = int(fsel.sum())
-        return LMOutput(losses[:nf].sum(), losses[nf:].sum(), fsel.sum(), bsel.sum(), final)
+        if self.softmax.kind == "adaptive":  # selects its clusters' rows by value anyway
+            hidden = torch.cat([top[..., :P][fsel], top[..., P:][bsel]])  # (Nf + Nb, P)
+            targets = torch.cat([batch.forward_targets[fsel], batch.backward_targets[bsel]])
+            losses = self.softmax(hidden, targets, generator)  # (Nf + Nb,)
+            nf = int(fsel.sum())
+            return LMOutput(losses[:nf].sum(), losses[nf:].sum(), fsel.sum(), bsel.sum(), final)
+        # Every position, the ones without a target masked out of the sums: fixed shapes, nothing
+        # read back from the device (window batches have targets at nearly every position).
+        hidden = torch.cat([top[..., :P].reshape(-1, P), top[..., P:].reshape(-1, P)])  # (2BT, P)
+        targets = torch.cat([batch.forward_targets.reshape(-1), batch.backward_targets.reshape(-1)])
+        losses = self.softmax(hidden, targets.clamp(min=0), generator)  # (2BT,)
+        losses = torch.where(targets >= 0, losses, losses.new_zeros(()))
+        n = fsel.numel()
+        return LMOutput(losses[:n].sum(), losses[n:].sum(), fsel.sum(), bsel.sum(), final)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -65,10 +65,17 @@ def _draws_for(num_samples: int, range_max: int, max_draws: int) -> int:
     return lo
 
 
+class Candidates(NamedTuple):
+    """The negatives of one sampled-softmax step (``log_uniform_candidates``)."""
+
+    ids: torch.Tensor        # (S,) long, sorted
+    num_tries: torch.Tensor  # () long: draws it took to see them
+    valid: torch.Tensor      # (S,) bool: False at a slot that repeats an id (too few distinct)
+
+
 def log_uniform_candidates(num_samples: int, range_max: int, generator: torch.Generator,
                            max_draws: Optional[int] = None,
-                           device: Optional[torch.device] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           device: Optional[torch.device] = None) -> Candidates:
     """The first ``num_samples`` distinct ids of a sequence of log-uniform draws, on ``device``.
 
     Makes a fixed number of draws (``draws_for``) so that every shape is known in advance and
@@ -95,7 +102,7 @@ def log_uniform_candidates(num_samples: int, range_max: int, generator: torch.Ge
     num_tries = (picked_key.max() + 1).clamp(max=M)
     # Sorted by id, a valid slot before a repeat of the same id (accidental hits find it first).
     rank = torch.sort(ids * 2 + (~valid).long()).indices
-    return ids[rank], num_tries, valid[rank]
+    return Candidates(ids[rank], num_tries, valid[rank])
 
 
 def expected_count(ids: torch.Tensor, range_max: int, num_tries: int) -> torch.Tensor:
@@ -128,7 +135,7 @@ class LMSoftmax(nn.Module):
             self.bias.copy_(log_probs.to(self.bias.dtype))
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Union[torch.Generator, Candidates, None] = None) -> torch.Tensor:
         """hidden (N, dim), targets (N,) -> loss per token (N,), float32.
 
         In training mode with ``kind == "sampled"`` this is the sampled-softmax loss (negatives
@@ -160,14 +167,20 @@ class LMSoftmax(nn.Module):
             return self.adaptive.log_prob(hidden.float())
         return torch.log_softmax(nn.functional.linear(hidden, self.weight, self.bias).float(), -1)
 
+    def draw(self, generator: torch.Generator, device: Optional[torch.device] = None) -> Candidates:
+        """This step's negatives (drawn on ``device``, default the generator's)."""
+        return log_uniform_candidates(self.config.num_samples, self.vocab_size, generator, device=device)
+
     def sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Fixed shapes and no read-back to the host: the step can run without a synchronisation."""
+                     generator: Union[torch.Generator, Candidates, None] = None) -> torch.Tensor:
+        """Fixed shapes and no read-back to the host: the step can run without a synchronisation.
+        ``generator`` draws the negatives, or is the ``Candidates`` drawn already (``draw``: a
+        compiled step gets them as an input)."""
         if generator is None:
             generator = torch.Generator(hidden.device).manual_seed(int(torch.randint(2**62, (1,))))
         V = self.vocab_size
-        samples, num_tries, valid = log_uniform_candidates(self.config.num_samples, V, generator,
-                                                           device=hidden.device)  # (S,) sorted
+        samples, num_tries, valid = generator if isinstance(generator, Candidates) else \
+            self.draw(generator, hidden.device)  # (S,) sorted
         log_q_samples = torch.log(expected_count(samples, V, num_tries)).float()  # (S,)
         log_q_true = torch.log(expected_count(targets, V, num_tries)).float()  # (N,)
         # One gather for negatives and targets: each index op makes a dense (V, dim) gradient.

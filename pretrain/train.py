@@ -195,6 +195,9 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 lm, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=lm.softmax.kind == "adaptive")
+        # train.compile: the forward (and with it the backward) through torch.compile; the
+        # sampled softmax's negatives are drawn outside and given to it as an input.
+        self.step_model = torch.compile(self.model) if config.train.compile else self.model
         opt = config.optim
         self.optimizer = build_optimizer(lm.parameters(), opt)
         self.plateau = Plateau(opt.plateau_threshold, opt.plateau_factor)  # schedule "plateau"
@@ -239,7 +242,9 @@ class Trainer:
         # drawn on the device.
         generator = self._generator.manual_seed(cfg.train.seed * 1_000_003 + self.step)
         with autocast(self.device, cfg.train.precision):
-            out = self.model(batch, self.state, cfg.optim.dropout, generator)
+            negatives = self.lm.softmax.draw(generator, self.device) \
+                if cfg.train.compile and self.lm.softmax.kind == "sampled" else generator
+            out = self.step_model(batch, self.state, cfg.optim.dropout, negatives, self.window_mode)
         zero = self._token_total.new_zeros(())
         totals = torch.stack([out.forward_loss_sum.detach().double(), out.backward_loss_sum.detach().double(),
                               out.forward_count.double(), out.backward_count.double(),
@@ -281,7 +286,7 @@ class Trainer:
                 self.optimizer.found_inf = (~finite).float()  # the fused kernel skips the update
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used (plateau: set directly)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state = detach_state(out.state) if self.window_mode else None
