@@ -1,0 +1,117 @@
+"""Held-out perplexity per epoch of one or more pretraining runs: a PNG and a markdown table.
+
+    python scripts/plot_heldout.py /work/runs/ptb-char-small [more runs] --out docs/ptb_heldout.png \
+        [--reference 92.3 "Kim et al. 2016, LSTM-Char-Small (test)"] [--steps-per-epoch 1389]
+
+Reads each run's ``metrics.jsonl`` (the held-out evaluations, and the ``epoch`` records that
+``train.eval_per_epoch`` writes; ``--steps-per-epoch`` for a run that has not finished an epoch
+yet). Prints, per run, the epoch, the step, the forward (and backward) held-out perplexity, the
+learning rate that followed, and the wall-clock time between evaluations. matplotlib is needed
+for the PNG only (``pip install elmo-pytorch[plot]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from datetime import datetime
+from typing import Optional
+
+
+def read_run(run_dir: str, steps_per_epoch: Optional[int] = None) -> dict:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is it an elmo-pretrain run directory?)")
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    epochs = [r for r in records if "epoch" in r and "lr_next" in r]
+    if steps_per_epoch is None and epochs:
+        steps_per_epoch = epochs[0]["step"] // epochs[0]["epoch"]
+    if steps_per_epoch is None:
+        raise ValueError(f"{run_dir}: no epoch has ended yet; pass --steps-per-epoch")
+    lr_after = {r["step"]: r["lr_next"] for r in epochs}
+    held = [r for r in records if "heldout_forward_ppl" in r]
+    rows = []
+    for r in held:
+        rows.append({"epoch": r["step"] / steps_per_epoch, "step": r["step"],
+                     "forward_ppl": r["heldout_forward_ppl"],
+                     "backward_ppl": r.get("heldout_backward_ppl"),
+                     "lr_next": lr_after.get(r["step"]), "time": r.get("time")})
+    return {"name": os.path.basename(os.path.normpath(run_dir)), "rows": rows,
+            "steps_per_epoch": steps_per_epoch}
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def table(run: dict) -> str:
+    lines = [f"{run['name']} ({run['steps_per_epoch']} steps per epoch)", "",
+             "| epoch | step | held-out ppl (forward) | held-out ppl (backward) | lr after |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in run["rows"]:
+        lines.append(f"| {r['epoch']:.2f} | {r['step']} | {_fmt(r['forward_ppl'])} | "
+                     f"{_fmt(r['backward_ppl'])} | {_fmt(r['lr_next'])} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list, out: str, references: list) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'elmo-pytorch[plot]')", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        rows = [r for r in run["rows"] if r["epoch"] > 0]  # the untrained start would set the scale
+        ax.plot([r["epoch"] for r in rows], [r["forward_ppl"] for r in rows], "o-",
+                label=f"{run['name']} (forward)")
+    for value, label in references:
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+        ax.text(ax.get_xlim()[0], value, f" {label}: {value:g}", va="bottom", fontsize=8, color="gray")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out perplexity (full softmax)")
+    ax.set_title("held-out perplexity per epoch")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{out}.tmp.{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="the PNG to write (default: none, the table only)")
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--reference", nargs=2, action="append", default=[], metavar=("PPL", "LABEL"),
+                   help="a horizontal line, e.g. 92.3 'Kim et al. 2016 (test)'")
+    args = p.parse_args(argv)
+    try:
+        runs = [read_run(r, args.steps_per_epoch) for r in args.runs]
+        references = [(float(v), label) for v, label in args.reference]
+    except (FileNotFoundError, ValueError) as e:
+        print(f"plot_heldout: error: {e}", file=sys.stderr)
+        return 2
+    print(f"# held-out perplexity per epoch ({datetime.now():%Y-%m-%d %H:%M})\n")
+    for run in runs:
+        print(table(run) + "\n")
+    if args.out and plot(runs, args.out, references):
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
