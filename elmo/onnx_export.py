@@ -46,9 +46,8 @@ def _recurrence(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h: tor
     outputs = []
     for t in range(x_proj.shape[0]):
         gates = x_proj[t] + torch.matmul(h, w_h)  # (D, B, 4H)
-        i = torch.sigmoid(gates[:, :, :H])
-        f = torch.sigmoid(gates[:, :, H : 2 * H])
-        o = torch.sigmoid(gates[:, :, 2 * H : 3 * H])
+        ifo = torch.sigmoid(gates[:, :, : 3 * H])  # one Sigmoid for three gates
+        i, f, o = ifo[:, :, :H], ifo[:, :, H : 2 * H], ifo[:, :, 2 * H :]
         g = torch.tanh(gates[:, :, 3 * H :])
         c = torch.clamp(f * c + i * g, -cell_clip, cell_clip)
         h = torch.clamp(torch.matmul(o * torch.tanh(c), w_p), -proj_clip, proj_clip)  # (D, B, P)
