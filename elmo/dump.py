@@ -195,6 +195,7 @@ def embed_file(embedder: "Embedder", input_file: str, output_file: str, output: 
     an existing ``output_file`` and no partial file, a matching fingerprint means the work is done
     (nothing is written). ``force=False`` refuses to replace an existing ``output_file`` (or to
     discard a partial file without ``resume``); the output is never one of the inputs.
+    ``progress(n)`` is called with the lines already done on a resume, then after each chunk.
     """
     if output not in OUTPUT_FORMATS:
         raise ValueError(f"output must be one of {OUTPUT_FORMATS} for a file, got {output!r}")
@@ -240,6 +241,8 @@ def embed_file(embedder: "Embedder", input_file: str, output_file: str, output: 
                 raise
             logger.info("resuming %s: %d of %d lines already embedded", partial, len(done),
                         scan.num_lines)
+            if progress is not None and done:
+                progress(len(done))
     else:
         if os.path.exists(partial):
             os.remove(partial)

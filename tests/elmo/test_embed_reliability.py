@@ -250,6 +250,14 @@ def test_unfinished_dataset_is_written_again_and_lengths_are_checked(tmp_path, i
     _one_error_line(capsys, "dataset '1' has shape (3, 5, 12)", "line 2 of the input needs (3, 2, 12)")
 
 
+def test_resume_reports_the_lines_already_done_as_progress(interrupted, src, model_dir):
+    counts = []
+    embedder = Embedder.from_pretrained(model_dir, device="cpu", batch_size=2)
+    assert embedder.embed_file(src, interrupted, resume=True, force=False,
+                               progress=counts.append) == len(LINES)
+    assert counts[0] == 32 and sum(counts) == len(LINES)
+
+
 def test_partial_without_fingerprint_is_refused(interrupted, src, model_dir, capsys):
     with h5py.File(interrupted + ".partial", "a") as f:
         del f.attrs[FINGERPRINT_ATTR]
