@@ -278,6 +278,14 @@ def main() -> None:
                   f" MiB (anon {first['first']['anon_mib']:,.0f}, file {first['first']['file_mib']:,.0f}),"
                   f" after {first['last']['step']} steps {first['last']['peak_mib']:,.0f} MiB", flush=True)
             shutil.rmtree(out, ignore_errors=True)
+        # The default for raw text: prepared into OUT/corpus (one worker) before the first step.
+        out = os.path.join(args.work, f"run-{name}-implicit")
+        shutil.rmtree(out, ignore_errors=True)
+        runs["implicit"] = {"first": train_start(text, out, 1, args.threads, True, False, env)}
+        print(f"implicit first step {runs['implicit']['first']['first']['seconds']:6.1f} s "
+              f"({runs['implicit']['first']['first']['cpu_seconds']:.1f} CPU s; raw text prepared into "
+              f"OUT/corpus first), peak RSS {runs['implicit']['first']['first']['peak_mib']:,.0f} MiB", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
         r["runs"] = runs
         r["batch_prepared"] = prepared_batch_rate(prepared, args.batches)
         print(f"batch production, prepared: {r['batch_prepared'][0] / 1e6:.2f}M tokens per CPU second "
@@ -326,6 +334,8 @@ def report(results: list, args) -> None:
         row(f"{label}: peak RSS at step 1", lambda r: f"{r['runs'][label]['first']['first']['peak_mib']:,.0f} MiB")
         row(f"{label}: peak RSS after {args.steps} steps",
             lambda r: f"{r['runs'][label]['first']['last']['peak_mib']:,.0f} MiB")
+    row("raw text, prepared implicitly (default): first step",
+        lambda r: f"{r['runs']['implicit']['first']['first']['seconds']:.1f} s")
     row("raw: batch production (tokens per CPU second)", lambda r: f"{r['batch_raw'][0] / 1e6:.2f}M")
     row("prepared: batch production (tokens per CPU second)", lambda r: f"{r['batch_prepared'][0] / 1e6:.2f}M")
     row("prepared: batch + (B, T, 50) char ids (per CPU second)", lambda r: f"{r['batch_prepared'][1] / 1e6:.2f}M")

@@ -147,6 +147,10 @@ def test_workers_and_an_interrupted_preparation_give_identical_files(tmp_path, m
     assert set(want) == {P.MANIFEST, *P._FILES}  # shards and plan removed when complete
     prepare(src, str(tmp_path / "two"), workers=2, shard_bytes=700)
     assert _tree_bytes(tmp_path / "two") == want
+    monkeypatch.setattr(P, "_PANDAS_BYTES", 0)  # the pandas.factorize path of large corpora
+    prepare(src, str(tmp_path / "pandas"), workers=2, shard_bytes=700)
+    assert _tree_bytes(tmp_path / "pandas") == want
+    monkeypatch.undo()
 
     real, calls = P._prepare_shard, []
 
@@ -289,3 +293,32 @@ def test_elmo_prepare_command(tmp_path, capsys):
         assert message in err and err.startswith("elmo-prepare: error:") and "\n" not in err
     with pytest.raises(ValueError, match="not a prepared corpus"):
         PreparedCorpus(str(tmp_path))
+
+
+def test_a_preparation_killed_with_sigkill_resumes_byte_identical(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = write_lines(str(tmp_path / "t.txt"), toy_sentences(6000, seed=9))  # 150 KB: ~150 shards
+    prepare([text], str(tmp_path / "want"), shard_bytes=1024)
+    out = str(tmp_path / "c")
+    cmd = [sys.executable, "-m", "pretrain.prepared", text, "--out", out, "--shard-mb", str(1024 / 2**20),
+           "--no-progress", "--log-level", "WARNING"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    shards = os.path.join(out, P.SHARDS)
+    finished = lambda: [n for n in os.listdir(shards) if ".tmp." not in n]  # noqa: E731
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(shards) and len(finished()) >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the preparation ended before it could be killed"
+    assert not os.path.exists(os.path.join(out, P.MANIFEST))
+    assert 20 <= len(finished()) < len(P._plan_shards([text], 1024))
+    assert main([text, "--out", out, "--shard-mb", str(1024 / 2**20), "--no-progress"]) == 0
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "want")
