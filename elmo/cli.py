@@ -162,6 +162,14 @@ def main(argv: Optional[list] = None) -> int:
             max_tokens_per_batch=args.max_tokens_per_batch, stateful=args.stateful)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         return _fail(f"cannot load the model: {_first_line(e)}")
+    except RuntimeError as e:
+        if "loading state_dict" not in str(e):
+            return _fail(f"cannot load the model from {source}: {_first_line(e)}; is a weight file "
+                         "truncated or corrupt (an interrupted copy or download)? Copy it again")
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        return _fail(f"cannot load the model from {source}: its weights do not fit its config "
+                     f"({detail}); is the config file the one saved with these weights?")
     except Exception as e:  # torch.load, safetensors, HDF5: a truncated or corrupt file
         return _fail(f"cannot load the model from {source}: {type(e).__name__}: {_first_line(e)}; "
                      "is a weight file truncated or corrupt (an interrupted copy or download)? "

@@ -281,6 +281,17 @@ def test_weights_left_over_by_the_options_are_refused(tmp_path, tiny_config, fie
         load_original(options, weights)
 
 
+def test_our_format_with_a_config_that_does_not_fit_its_weights(tmp_path, model_dir, src, capsys):
+    config = os.path.join(model_dir, "elmo_config.json")
+    data = json.loads(open(config, encoding="utf-8").read())
+    data["char_cnn"]["n_highway"] = 1
+    with open(config, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    assert cli.main([src, str(tmp_path / "o.h5"), "--model", model_dir, "--quiet"]) == 2
+    _one_error_line(capsys, "its weights do not fit its config", "char_cnn.highway.layers.1.weight",
+                    "the one saved with these weights")
+
+
 def test_max_characters_per_token_other_than_50(tmp_path, tiny_config, capsys):
     from elmo.chars import batch_to_ids
 
