@@ -15,9 +15,11 @@ Two ways of reading the text (``--mode``):
 Either way each sentence of n words gives n + 1 targets per direction (the words and </S> forward,
 <S> and the words backward), so a one-sentence file gives the same perplexity in both modes.
 Words outside the softmax vocabulary are predicted as ``<UNK>`` (their characters are still read);
-their number is reported. The model is a run directory of ``elmo-pretrain`` (``elmo_config.json``
-+ ``elmo_weights.pt`` + ``vocab.txt`` + ``lm_softmax.pt``) or a directory of original files
-(``options.json`` + weights ``.hdf5``) with ``--vocab`` and ``--softmax`` where they are not in it.
+their number is reported. The model is a run directory of ``elmo-pretrain`` (the model files +
+``vocab.txt`` + ``lm_softmax.pt``), one of its checkpoints (``RUN/checkpoints/step-N.pt``: the
+weights of that step, e.g. to draw a curve while the run goes on), or a directory of original
+files (``options.json`` + weights ``.hdf5``) with ``--vocab`` and ``--softmax`` where they are
+not in it.
 """
 
 from __future__ import annotations
@@ -140,43 +142,64 @@ class StreamEvaluator:
 
 
 # -- loading a model ------------------------------------------------------------------------------
-def load_lm(model_dir: str, vocab_file: Optional[str] = None, softmax_file: Optional[str] = None,
+def load_lm(model: str, vocab_file: Optional[str] = None, softmax_file: Optional[str] = None,
             device: str = "cpu") -> tuple[BidirectionalLM, Vocabulary, Optional[PretrainConfig]]:
-    """The biLM of a model directory (ours or original files) with its softmax and vocabulary."""
+    """The biLM of a model directory (ours or original files) or of a checkpoint file of
+    ``elmo-pretrain``, with its softmax and vocabulary."""
     from elmo.model import ElmoBiLM
     from pretrain.export import SOFTMAX_NAME, VOCAB_NAME
 
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"MODEL {model_dir}: no such directory (expected an elmo-pretrain "
-                                "run directory or a directory with options.json + weights .hdf5)")
-    bilm = ElmoBiLM.from_pretrained(model_dir)
-    vocab_file = vocab_file or os.path.join(model_dir, VOCAB_NAME)
-    softmax_file = softmax_file or os.path.join(model_dir, SOFTMAX_NAME)
-    for what, path, flag in (("vocabulary", vocab_file, "--vocab"), ("softmax", softmax_file, "--softmax")):
+    config, softmax_state = None, None
+    if os.path.isfile(model):  # RUN/checkpoints/step-N.pt: the weights of that step
+        from pretrain.checkpoint import load_checkpoint
+
+        data = load_checkpoint(model)
+        if not isinstance(data, dict) or "model" not in data or "config" not in data:
+            raise ValueError(f"MODEL {model}: not a checkpoint of elmo-pretrain")
+        config = PretrainConfig.from_dict(data["config"])
+        bilm = ElmoBiLM(config.model)
+        bilm.load_state_dict({k[len("bilm."):]: v for k, v in data["model"].items() if k.startswith("bilm.")})
+        softmax_state = {k[len("softmax."):]: v for k, v in data["model"].items() if k.startswith("softmax.")}
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(model)))
+    elif os.path.isdir(model):
+        bilm = ElmoBiLM.from_pretrained(model)
+        run_dir = model
+        config_path = os.path.join(model, "pretrain_config.json")
+        config = PretrainConfig.load(config_path) if os.path.isfile(config_path) else None
+    else:
+        raise FileNotFoundError(f"MODEL {model}: no such directory or file (expected an elmo-pretrain "
+                                "run directory or checkpoint, or a directory with options.json + "
+                                "weights .hdf5)")
+    vocab_file = vocab_file or os.path.join(run_dir, VOCAB_NAME)
+    needed = [("vocabulary", vocab_file, "--vocab")]
+    if softmax_state is None:
+        softmax_file = softmax_file or os.path.join(run_dir, SOFTMAX_NAME)
+        needed.append(("softmax", softmax_file, "--softmax"))
+    for what, path, flag in needed:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no {what} file; perplexity needs the LM's {what} "
                                     f"(elmo-pretrain writes it into the run directory); pass {flag} FILE")
     vocab = Vocabulary.load(vocab_file)
-    saved = torch.load(softmax_file, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or "state" not in saved:
-        raise ValueError(f"{softmax_file}: not a softmax file of elmo-pretrain (expected a dict with "
-                         "'kind' and 'state')")
-    config_path = os.path.join(model_dir, "pretrain_config.json")
-    config = PretrainConfig.load(config_path) if os.path.isfile(config_path) else None
-    softmax_cfg = config.softmax if config is not None else SoftmaxConfig(kind=saved.get("kind", "full"))
-    if softmax_cfg.kind == "adaptive" and config is None:
+    kind = config.softmax.kind if config is not None else "full"
+    if softmax_state is None:
+        saved = torch.load(softmax_file, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or "state" not in saved:
+            raise ValueError(f"{softmax_file}: not a softmax file of elmo-pretrain (expected a dict "
+                             "with 'kind' and 'state')")
+        softmax_state, kind = saved["state"], saved.get("kind", kind)
+    if kind == "adaptive" and config is None:
         raise ValueError(f"{softmax_file}: an adaptive softmax needs its cutoffs from the run's "
                          "pretrain_config.json, which is not in MODEL")
-    if softmax_cfg.kind == "sampled":
-        softmax_cfg = SoftmaxConfig(kind="full")  # the same weights; evaluation is exact anyway
-    weight = saved["state"].get("weight")
+    # A sampled softmax has the full softmax's weights; evaluation is exact either way.
+    softmax_cfg = config.softmax if kind == "adaptive" else SoftmaxConfig(kind="full")
+    weight = softmax_state.get("weight")
     P = bilm.config.bilm.projection_dim
     if weight is not None and tuple(weight.shape) != (len(vocab), P):
-        raise ValueError(f"{softmax_file}: softmax weight is {tuple(weight.shape)} but the vocabulary "
+        raise ValueError(f"softmax weight is {tuple(weight.shape)} but the vocabulary ({vocab_file}) "
                          f"has {len(vocab)} words and the model's output size is {P}; use the "
                          "vocabulary the model was trained with")
     lm = BidirectionalLM(bilm.config, len(vocab), softmax_cfg, bilm=bilm)
-    lm.softmax.load_state_dict(saved["state"])
+    lm.softmax.load_state_dict(softmax_state)
     return lm.to(device), vocab, config
 
 
@@ -207,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="elmo-pretrain evaluate",
         description="Perplexity per direction of a trained LM on text (one sentence per line).")
-    p.add_argument("model", metavar="MODEL", help="an elmo-pretrain run directory, or a directory "
-                   "with the original options.json + weights .hdf5 (then --vocab/--softmax)")
+    p.add_argument("model", metavar="MODEL", help="an elmo-pretrain run directory or one of its "
+                   "checkpoints (RUN/checkpoints/step-N.pt), or a directory with the original "
+                   "options.json + weights .hdf5 (then --vocab/--softmax)")
     p.add_argument("--data", nargs="+", required=True, metavar="FILES", help="text files, folders or globs")
     p.add_argument("--mode", choices=["stream", "sentence"], default="stream",
                    help="stream: state carried across sentences (PTB convention, default); "

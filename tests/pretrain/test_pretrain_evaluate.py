@@ -130,3 +130,13 @@ def test_forward_only_runs_report_no_backward_perplexity(tmp_path, capsys):
     both = evaluate_json(capsys, out, "--data", corpus, "--directions", "both")
     assert both["forward_loss"] == pytest.approx(result["forward_loss"], abs=1e-9)
     assert both["backward_ppl"] is not None
+
+
+def test_a_checkpoint_evaluates_like_the_model_it_was_saved_with(random_run, tmp_path, capsys):
+    path = write_lines(str(tmp_path / "text.txt"), toy_sentences(8, seed=7))
+    checkpoints = sorted(os.listdir(os.path.join(random_run, "checkpoints")))
+    last = os.path.join(random_run, "checkpoints", checkpoints[-1])  # the final step's
+    ours = evaluate_json(capsys, random_run, "--data", path)
+    from_checkpoint = evaluate_json(capsys, last, "--data", path)
+    for key in ("forward_loss", "backward_loss", "tokens"):
+        assert from_checkpoint[key] == pytest.approx(ours[key], abs=1e-7), key
