@@ -239,8 +239,15 @@ def _resolve_hub(repo_id: str, revision, sha256, cache, force) -> str:
         raise ImportError(f"loading {repo_id!r} from the model hub needs huggingface_hub: "
                           "pip install elmo-pytorch[hub]") from None
     patterns = ["*.json", "*.safetensors", "*.pt", "*.hdf5", "*.sha256", "*.txt"]
-    folder = snapshot_download(repo_id, revision=revision, cache_dir=cache, allow_patterns=patterns,
-                               force_download=force)
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache, allow_patterns=patterns,
+                                   force_download=force)
+    except OSError as e:  # not found, not cached while offline, no network (huggingface_hub's errors)
+        at = f" at revision {revision!r}" if revision else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"{repo_id}: no model found: there is no local folder of that name, and the model hub "
+            f"repository{at} could not be read ({type(e).__name__}: {first})") from None
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name.endswith(".sha256") or not os.path.isfile(path):

@@ -368,8 +368,11 @@ def test_hub_ids_and_revisions_read_huggingface_hubs_cache(hub_cache):
     _same(ElmoBiLM.from_pretrained("hf://org/tiny-elmo", cache=str(root)), first)
     with pytest.raises(ValueError, match="given twice"):
         ElmoBiLM.from_pretrained(f"org/tiny-elmo@{B}", revision=A)
-    with pytest.raises(FileNotFoundError):  # not cached, and offline
+    with pytest.raises(FileNotFoundError, match="org/other-elmo: no model found: there is no local "
+                                                "folder of that name"):  # not cached, and offline
         ElmoBiLM.from_pretrained("org/other-elmo")
+    with pytest.raises(FileNotFoundError, match="at revision 'v9'"):
+        ElmoBiLM.from_pretrained("org/tiny-elmo@v9")
 
 
 def test_a_corrupted_hub_file_fails_its_published_digest(hub_cache):
