@@ -227,8 +227,11 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         try:
             trainer.load_checkpoint(latest)
         except RuntimeError as e:  # e.g. a size mismatch: weights that do not fit the config
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key",
+                                                                      "Unexpected key"))), lines[0])
             raise ValueError(f"{latest['path']}: its weights do not fit the model of the run's "
-                             f"configuration ({str(e).splitlines()[0]} ...); the checkpoint or "
+                             f"configuration ({detail[:200]} ...); the checkpoint or "
                              f"{CONFIG_NAME} was changed by hand: restore it, or start a new run") from None
         if "optim.lr" in resume_changes:
             apply_learning_rate(trainer.optimizer, trainer.scheduler, config.optim.lr)

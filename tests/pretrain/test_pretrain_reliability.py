@@ -172,3 +172,16 @@ def test_budgets_of_zero_and_an_empty_heldout_file_get_their_own_messages(tmp_pa
     blank = write_lines(str(tmp_path / "blank.txt"), ["", "   "])
     rc, err = cli(["--train", corpus, "--heldout", blank, "--out", out, "--max-steps", "1"], capsys)
     assert rc == 2 and f"--heldout {blank}: no held-out text (every line is blank)" in err
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line_on_resume(run_dir, capsys):
+    corpus, out = run_dir
+    path = ckpt.list_checkpoints(out)[-1][1]
+    data = torch.load(path, weights_only=True)
+    name = next(k for k, v in data["model"].items() if v.dim() == 2)
+    data["model"][name] = torch.zeros(3, 3)  # a checkpoint edited by hand (or by another version)
+    torch.save(data, path)
+    rc, err = cli(["--train", corpus, "--out", out, "--resume", "--max-steps", "6"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: its weights do not fit the model of the run's configuration (" in err
+    assert "size mismatch" in err
