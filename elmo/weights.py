@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
-from elmo.io import atomic_path
+from elmo.io import atomic_path, ensure_free_space
 from elmo.model import ElmoBiLM
 
 # Column blocks: ours (i, f, o, g) taken from TF's (i, g, f, o).
@@ -190,6 +190,9 @@ def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file:
     """
     check_original_compatible(model.config)
     arrays = state_dict_to_original_arrays(model)
+    # HDF5 can crash the process when the disk fills up mid-write: check the room first.
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(weight_file))), exist_ok=True)
+    ensure_free_space(weight_file, sum(a.nbytes for a in arrays.values()) + (1 << 20))
     for path, writer in ((weight_file, _write_hdf5), (options_file, _write_json)):
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

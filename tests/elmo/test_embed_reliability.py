@@ -1,6 +1,7 @@
 """elmo-embed / elmo-export never overwrite what a user owns, never resume into a wrong file, and
 answer bad input with one line and exit code 2 (issue 14, points 1, 3, 5, 6, 7, 8)."""
 
+import errno
 import json
 import os
 import shutil
@@ -417,6 +418,41 @@ def test_disk_full_on_a_real_small_file_system(tmp_path, model_dir):
         assert len(errors) == 1 and "no space left on the device" in errors[0], proc.stderr[-2000:]
         assert str(out) in errors[0] and "free in" in errors[0]
         assert "Traceback" not in proc.stderr and not out.exists()
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_export_disk_full_is_one_line_and_leaves_no_temporary_file(tmp_path, model_dir, capsys,
+                                                                    monkeypatch):
+    import elmo.weights as weights
+
+    def full(path, arrays):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(weights, "_write_hdf5", full)
+    assert _export(model_dir, tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left on the device" in err and "free in" in err
+    assert str(tmp_path / "w.hdf5") in err
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no output, no PATH.tmp.PID
+
+
+def test_export_disk_full_on_a_real_small_file_system(tmp_path, capsys):
+    small = tmp_path / "small"
+    if not _tmpfs(small, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        from elmo.config import BiLMConfig, CharCNNConfig, ElmoConfig
+
+        big = ElmoConfig(CharCNNConfig(embedding_dim=4, filters=[[1, 8], [2, 8]], n_highway=1),
+                         BiLMConfig(dim=256, projection_dim=64, n_layers=2))  # ~2 MB of weights
+        ElmoBiLM(big).save_pretrained(tmp_path / "m")
+        assert _export(str(tmp_path / "m"), small) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "no space left on the device" in err, err
+        assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
 
