@@ -19,12 +19,9 @@ word list; those words then skip the character CNN (same numbers, faster on repe
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import os
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-import h5py
 import numpy as np
 import torch
 
