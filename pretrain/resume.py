@@ -70,7 +70,8 @@ def check_config(config: PretrainConfig, checkpoint: dict, out_dir: str = "RUN_D
                          f"read ({e}); resume with the elmo-pretrain version that wrote it") from None
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE | APPLIED_ON_RESUME}
     if refused:
-        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now"
+                           for k, (old, new) in refused.items())
         raise ValueError(
             f"--resume cannot change {', '.join(refused)} ({listed}); the run continues with its "
             f"checkpoint's settings, and only the budget, intervals, threads, device, progress and "

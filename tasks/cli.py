@@ -32,7 +32,8 @@ from elmo.config import write_json_atomic
 from elmo.hub import DownloadError
 from elmo.io import DiskFullError, atomic_open, check_output, clean_orphans
 from tasks.cache import LayerCache
-from tasks.checkpoint import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup, save_weights
+from tasks.checkpoint import (CONFIG_NAME, ELMO_DIR, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup,
+                              save_weights)
 from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
 from tasks.data import BatchMaker, Vocabulary
 from tasks.metrics import format_conlleval
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune", action="store_true", help="train the biLM too (no cache)")
     t.add_argument("--device")
     t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int, help="torch CPU threads (the num_threads field; 0 = torch's default)")
+    t.add_argument("--threads", type=int,
+                   help="torch CPU threads (the num_threads field; 0 = torch's default)")
     t.add_argument("--force", action="store_true", help="replace a model already in --out")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     t.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
@@ -112,9 +114,7 @@ def _config(args: argparse.Namespace) -> TaskConfig:
 
 
 def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
-    if args.weight_file and not args.options_file:
-        raise ValueError("--weight-file goes with --options-file (the original ELMo format)")
-    if not cfg.use_elmo:
+    if not cfg.use_elmo:  # (the flag combinations were checked by _check_train_args)
         return None
     def source(spec: str) -> str:  # a local path made absolute; a URL or hub id as given
         return os.path.abspath(spec) if os.path.exists(spec) else spec
@@ -122,8 +122,6 @@ def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
     if args.model:
         cfg.elmo_source = source(args.model)
         return ElmoBiLM.from_pretrained(args.model)  # a folder, URL, hub id or release (elmo.hub)
-    if not args.weight_file:
-        raise ValueError("--options-file needs --weight-file (the original ELMo weights hdf5)")
     cfg.elmo_source = f"{source(args.options_file)} + {source(args.weight_file)}"
     return load_original(args.options_file, args.weight_file)
 
@@ -259,6 +257,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model_files = [os.path.join(args.model_dir, n) for n in (CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME)]
+    elmo_dir = os.path.join(args.model_dir, ELMO_DIR)
+    if os.path.isdir(elmo_dir):
+        model_files += [os.path.join(elmo_dir, n) for n in os.listdir(elmo_dir)]
     check_output(args.output, inputs=[args.data, *model_files], force=args.force, what="--output")
     clean_orphans(os.path.dirname(os.path.abspath(args.output)), glob.escape(os.path.basename(args.output)))
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
