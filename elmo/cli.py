@@ -2,7 +2,7 @@
 
     elmo-embed INPUT OUTPUT [--all | --top | --average]
                (--options-file O --weight-file W | --model DIR)
-               [--batch-size N] [--device D] [--dtype float32|bfloat16] [--stateful]
+               [--batch-size N] [--device D] [--dtype float32|bfloat16] [--compile] [--stateful]
                [--resume | --force]
 
 The output matches AllenNLP's ``elmo`` command: one float32 dataset per line named by its index
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="weights and matmuls in bfloat16 are faster on hardware with bf16 support; "
                          "cell state and outputs stay float32")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the model through torch.compile (the first batches of each size compile)")
     ap.add_argument("--stateful", action="store_true",
                     help="carry each row's LSTM state to the next batch, in input order, as the "
                          "original did (default: stateless, every sentence independent)")
@@ -159,7 +161,8 @@ def main(argv: Optional[list] = None) -> int:
         embedder = Embedder.from_pretrained(
             args.model, options_file=args.options_file, weight_file=args.weight_file,
             device=args.device, dtype=dtype, batch_size=args.batch_size,
-            max_tokens_per_batch=args.max_tokens_per_batch, stateful=args.stateful)
+            max_tokens_per_batch=args.max_tokens_per_batch, stateful=args.stateful,
+            compile=args.compile)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         return _fail(f"cannot load the model: {_first_line(e)}")
     except RuntimeError as e:

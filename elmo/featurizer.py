@@ -38,11 +38,17 @@ Output = Union[str, ScalarMix, Sequence[float]]
 class Embedder:
     def __init__(self, model: ElmoBiLM, device: Union[str, torch.device, None] = None,
                  dtype: torch.dtype = torch.float32, batch_size: int = 64,
-                 max_tokens_per_batch: int = 6000, stateful: bool = False) -> None:
+                 max_tokens_per_batch: int = 6000, stateful: bool = False,
+                 compile: bool = False) -> None:
         """``model`` is moved to ``device`` (default: CUDA if available, else CPU) and ``dtype``
         (float32, or bfloat16 for faster reduced-precision inference: the LSTM cell state and the
         outputs stay float32). ``max_tokens_per_batch`` caps a batch's token count, so long
-        sentences come in smaller batches and memory stays bounded."""
+        sentences come in smaller batches and memory stays bounded. ``compile`` runs the model
+        through ``torch.compile`` (dynamic shapes; the first batches of new sizes compile).
+
+        On a GPU the host builds each batch's character ids while the device runs the previous
+        batch: inputs go up from pinned memory without blocking, results come back the same way,
+        and nothing waits for the device except the collection of a finished batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
@@ -53,6 +59,7 @@ class Embedder:
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.model.stateful = stateful
         self.model.reset_states()
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.batch_size, self.max_tokens_per_batch = batch_size, max_tokens_per_batch
         self.stateful = stateful
         self._vocab: dict[str, int] = {}
@@ -111,16 +118,26 @@ class Embedder:
         its distinct tokens (cached rows looked up, the others encoded now)."""
         words, index = distinct_tokens(sentences)
         width = self.model.config.char_cnn.max_characters_per_token  # 50 in every released model
-        tokens = TokenBatch(words_to_char_ids(words, width), torch.from_numpy(index)).to(self.device)
+        tokens = TokenBatch(self._upload(words_to_char_ids(words, width)),
+                            self._upload(torch.from_numpy(index)))
         if self._vocab_vectors is None:
             return tokens, None
-        rows = torch.tensor([self._vocab.get(w, -1) for w in words], dtype=torch.long, device=self.device)
+        # Which tokens are cached is known here, on the host: no device value is read.
+        rows = np.array([self._vocab.get(w, -1) for w in words], dtype=np.int64)
         known = rows >= 0
+        if known.all():
+            return tokens, self._vocab_vectors[self._upload(torch.from_numpy(rows))]
         vectors = self._vocab_vectors.new_empty((len(words), self._vocab_vectors.shape[1]))
-        vectors[known] = self._vocab_vectors[rows[known]]
-        if not bool(known.all()):
-            vectors[~known] = self.model.char_cnn.encode_tokens(tokens.token_chars[~known])
+        hit, miss = (self._upload(torch.from_numpy(np.flatnonzero(m))) for m in (known, ~known))
+        vectors[hit] = self._vocab_vectors[self._upload(torch.from_numpy(rows[known]))]
+        vectors[miss] = self.model.char_cnn.encode_tokens(tokens.token_chars[miss])
         return tokens, vectors
+
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device: from pinned memory, without blocking, on CUDA."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     # -- embedding ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -129,10 +146,33 @@ class Embedder:
         sentences = [_check_sentence(s, i) for i, s in enumerate(sentences)]
         if not sentences:
             return []
+        return self._collect(self._launch(sentences))
+
+    def _launch(self, sentences: list) -> tuple:
+        """Queue one batch on the device and the copy of its layers back to the host; returns
+        what ``_collect`` needs. On a GPU this returns before the device has finished."""
         tokens, vectors = self._inputs(sentences)
-        layers = torch.stack(self.model(tokens, token_vectors=vectors).layers, 1)  # (B, L+1, T, 2P)
-        layers = layers.float().cpu().numpy()
-        return [layers[b, :, : len(s)] for b, s in enumerate(sentences)]
+        lengths = [len(s) for s in sentences]  # known here: the biLM need not read them back
+        out = self._forward(tokens, token_vectors=vectors, lengths=lengths)
+        layers = torch.stack(out.layers, 1).float()  # (B, L+1, T, 2P)
+        if self.device.type != "cuda":
+            return layers.cpu(), None, lengths
+        host = torch.empty(layers.shape, dtype=layers.dtype, pin_memory=True)
+        host.copy_(layers, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done, lengths
+
+    @staticmethod
+    def _collect(launched: tuple) -> list[np.ndarray]:
+        """Wait for a launched batch and split it into (L+1, n_i, 2P) arrays."""
+        layers, done, lengths = launched
+        if done is None:
+            layers = layers.numpy()
+            return [layers[b, :, :n] for b, n in enumerate(lengths)]
+        done.synchronize()
+        layers = layers.numpy()  # pinned memory: copied out, so the buffer goes back to the pool
+        return [layers[b, :, :n].copy() for b, n in enumerate(lengths)]
 
     def embed_sentence(self, sentence: Sequence[str], output: Output = "all") -> np.ndarray:
         """One tokenized sentence -> (L+1, n, 2P) for "all", else (n, 2P)."""
@@ -167,10 +207,20 @@ class Embedder:
         if batch:
             yield batch
 
+    @torch.inference_mode()
     def _embed_list(self, sentences: list, batch_size: int) -> list[np.ndarray]:
+        """Every batch is launched before the previous one is collected, so the host prepares
+        batch k+1 (and unpacks batch k-1) while the device computes batch k."""
         results: list = [None] * len(sentences)
+        previous = None
         for batch in self._batches(sentences, batch_size):
-            for i, a in zip(batch, self.embed_batch([sentences[i] for i in batch])):
+            launched = (batch, self._launch([sentences[i] for i in batch]))
+            if previous is not None:
+                for i, a in zip(previous[0], self._collect(previous[1])):
+                    results[i] = a
+            previous = launched
+        if previous is not None:
+            for i, a in zip(previous[0], self._collect(previous[1])):
                 results[i] = a
         return results
 

@@ -242,8 +242,11 @@ class Trainer:
         # drawn on the device.
         generator = self._generator.manual_seed(cfg.train.seed * 1_000_003 + self.step)
         with autocast(self.device, cfg.train.precision):
-            negatives = self.lm.softmax.draw(generator, self.device) \
-                if cfg.train.compile and self.lm.softmax.kind == "sampled" else generator
+            negatives = generator
+            if cfg.train.compile:  # one graph for every count of distinct tokens; negatives as input
+                torch._dynamo.maybe_mark_dynamic(batch.token_chars, 0)
+                if self.lm.softmax.kind == "sampled":
+                    negatives = self.lm.softmax.draw(generator, self.device)
             out = self.step_model(batch, self.state, cfg.optim.dropout, negatives, self.window_mode)
         zero = self._token_total.new_zeros(())
         totals = torch.stack([out.forward_loss_sum.detach().double(), out.backward_loss_sum.detach().double(),
