@@ -210,6 +210,10 @@ def main(argv: Optional[list] = None) -> int:
         return _fail(f"{e}; the finished part is kept in {args.output}.partial (rerun with --resume)")
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e))
+    except OSError as e:  # e.g. a file that cannot be read or written (permissions, HDF5)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return _fail(f"{where}{_first_line(e)} (while embedding {args.input} into {args.output}); "
+                     f"the finished part, if any, is kept in {args.output}.partial")
     finally:
         if bar is not None:
             bar.close()

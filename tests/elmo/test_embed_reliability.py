@@ -392,6 +392,18 @@ def test_disk_full_is_one_line_and_keeps_the_partial(tmp_path, model_dir, src, m
     assert len(_read(out)) == len(LINES)
 
 
+def test_an_unreadable_input_or_unwritable_file_is_one_line(tmp_path, model_dir, src, monkeypatch,
+                                                            capsys):
+    import elmo.dump as dump
+
+    def denied(path, token_counts=False):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(dump, "scan_input", denied)
+    assert cli.main([src, str(tmp_path / "o.h5"), "--model", model_dir, "--quiet"]) == 2
+    _one_error_line(capsys, f"{src}: [Errno 13] Permission denied", "while embedding")
+
+
 def _tmpfs(path, size):
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
