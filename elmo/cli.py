@@ -211,8 +211,9 @@ def main(argv: Optional[list] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e))
     except OSError as e:  # e.g. a file that cannot be read or written (permissions, HDF5)
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        return _fail(f"{where}{_first_line(e)} (while embedding {args.input} into {args.output}); "
+        named = bool(getattr(e, "filename", None) and e.strerror)
+        what = f"{e.filename}: {e.strerror}" if named else _first_line(e)
+        return _fail(f"{what} (while embedding {args.input} into {args.output}); "
                      f"the finished part, if any, is kept in {args.output}.partial")
     finally:
         if bar is not None:

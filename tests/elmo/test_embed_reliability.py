@@ -401,7 +401,8 @@ def test_an_unreadable_input_or_unwritable_file_is_one_line(tmp_path, model_dir,
 
     monkeypatch.setattr(dump, "scan_input", denied)
     assert cli.main([src, str(tmp_path / "o.h5"), "--model", model_dir, "--quiet"]) == 2
-    _one_error_line(capsys, f"{src}: [Errno 13] Permission denied", "while embedding")
+    line = _one_error_line(capsys, f"{src}: Permission denied (while embedding")
+    assert line.count(src) == 2  # the file, then the command's input: no repeated errno text
 
 
 def _tmpfs(path, size):
