@@ -38,25 +38,40 @@ from elmo.lstm import FORGET_BIAS, LstmProjection
 NO_CLIP = 3.0e38  # "no clipping" as a number (the exported graph has one code path)
 
 
-def _recurrence(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h: torch.Tensor,
-                w_p: torch.Tensor, cell_clip: float, proj_clip: float) -> torch.Tensor:
-    """x_proj (T, D, B, 4H) = x W_x + b; h (D, B, P), c (D, B, H); w_h (D, P, 4H), w_p (D, H, P).
-    Returns the outputs (T, D, B, P). Gate blocks in the order (i, f, o, g), as elmo.lstm."""
+def _step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h: torch.Tensor, w_p: torch.Tensor,
+          cell_clip: float, proj_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of one direction: x (B, 4H) = x_t W_x + b, h (B, P), c (B, H) -> (h, c).
+    Gate blocks in the order (i, f, o, g), as elmo.lstm."""
     H = c.shape[-1]
+    gates = x + torch.matmul(h, w_h)  # (B, 4H)
+    ifo = torch.sigmoid(gates[:, : 3 * H])  # one Sigmoid for three gates
+    i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
+    c = torch.clamp(f * c + i * torch.tanh(gates[:, 3 * H :]), -cell_clip, cell_clip)
+    h = torch.clamp(torch.matmul(o * torch.tanh(c), w_p), -proj_clip, proj_clip)  # (B, P)
+    return h, c
+
+
+def _recurrence(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h0: torch.Tensor,
+                w_h1: torch.Tensor, w_p0: torch.Tensor, w_p1: torch.Tensor, cell_clip: float,
+                proj_clip: float) -> torch.Tensor:
+    """Both directions: x_proj (T, 2, B, 4H) = x W_x + b; h (2, B, P), c (2, B, H); W_h (P, 4H)
+    and W_p (H, P) per direction. Returns the outputs (T, 2, B, P).
+
+    Each direction has its own 2-D products (rather than one batched product over both): with a
+    constant 2-D right-hand side onnxruntime prepares the weight once, 1.6x faster for the
+    ORIGINAL size's recurrence in a one-thread test."""
+    h0, c0, h1, c1 = h[0], c[0], h[1], c[1]
     outputs = []
     for t in range(x_proj.shape[0]):
-        gates = x_proj[t] + torch.matmul(h, w_h)  # (D, B, 4H)
-        ifo = torch.sigmoid(gates[:, :, : 3 * H])  # one Sigmoid for three gates
-        i, f, o = ifo[:, :, :H], ifo[:, :, H : 2 * H], ifo[:, :, 2 * H :]
-        g = torch.tanh(gates[:, :, 3 * H :])
-        c = torch.clamp(f * c + i * g, -cell_clip, cell_clip)
-        h = torch.clamp(torch.matmul(o * torch.tanh(c), w_p), -proj_clip, proj_clip)  # (D, B, P)
-        outputs.append(h)
+        h0, c0 = _step(x_proj[t, 0], h0, c0, w_h0, w_p0, cell_clip, proj_clip)
+        h1, c1 = _step(x_proj[t, 1], h1, c1, w_h1, w_p1, cell_clip, proj_clip)
+        outputs.append(torch.stack([h0, h1]))
     return torch.stack(outputs)
 
 
 with warnings.catch_warnings():  # torch.jit.script is deprecated, and still what makes a Loop
     warnings.simplefilter("ignore", DeprecationWarning)
+    _step = torch.jit.script(_step)
     _recurrence = torch.jit.script(_recurrence)
 
 
@@ -112,13 +127,15 @@ class StatelessBiLM(nn.Module):
         self.n_layers = b.n_layers
         for k, (fwd, bwd) in enumerate(zip(model.bilm.forward_layers, model.bilm.backward_layers)):
             pair = (fwd, bwd)
-            self.register_buffer(f"w_x{k}", torch.stack([l.input_weight.detach() for l in pair]).float().cpu())
-            self.register_buffer(f"b{k}", torch.stack([l.effective_bias().detach() for l in pair]).float().cpu())
-            self.register_buffer(f"w_h{k}", torch.stack([l.state_weight.detach() for l in pair]).float().cpu())
-            self.register_buffer(f"w_p{k}", torch.stack([l.projection_weight.detach() for l in pair]).float().cpu())
+            for d, layer in enumerate(pair):  # 2-D weights per direction (see _recurrence)
+                self.register_buffer(f"w_x{k}_{d}", layer.input_weight.detach().float().cpu().contiguous())
+                self.register_buffer(f"b{k}_{d}", layer.effective_bias().detach().float().cpu())
+            for d, layer in enumerate(pair):
+                self.register_buffer(f"w_h{k}_{d}", layer.state_weight.detach().float().cpu().contiguous())
+                self.register_buffer(f"w_p{k}_{d}", layer.projection_weight.detach().float().cpu().contiguous())
             self.register_buffer(f"h0_{k}", torch.stack([l.initial_h.detach() for l in pair]).float().cpu())
             self.register_buffer(f"c0_{k}", torch.stack([l.initial_c.detach() for l in pair]).float().cpu())
-        assert FORGET_BIAS == 1.0  # folded into b{k} by effective_bias
+        assert FORGET_BIAS == 1.0  # folded into b{k}_{d} by effective_bias
 
     def encode(self, chars: torch.Tensor) -> torch.Tensor:
         """chars (N, C) -> (N, P): the character CNN, highway and projection.
@@ -163,12 +180,13 @@ class StatelessBiLM(nn.Module):
         x_in = torch.stack([x, _reverse_within(x, lengths2)], dim=1)  # (T+2, 2, B, P)
         layers = [torch.cat([tokens, tokens], dim=-1)]
         for k in range(self.n_layers):
-            w_x, bias = getattr(self, f"w_x{k}"), getattr(self, f"b{k}")
             h0, c0 = getattr(self, f"h0_{k}"), getattr(self, f"c0_{k}")
-            x_proj = torch.matmul(x_in, w_x) + bias.unsqueeze(1)  # (T+2, 2, B, 4H)
+            x_proj = torch.stack([torch.matmul(x_in[:, d], getattr(self, f"w_x{k}_{d}"))
+                                  + getattr(self, f"b{k}_{d}") for d in range(2)], dim=1)  # (T+2, 2, B, 4H)
             h = h0.unsqueeze(1) + torch.zeros_like(x_in[0, :, :, :1])  # (2, B, P)
             c = c0.unsqueeze(1) + torch.zeros_like(x_in[0, :, :, :1])  # (2, B, H)
-            out = _recurrence(x_proj, h, c, getattr(self, f"w_h{k}"), getattr(self, f"w_p{k}"),
+            out = _recurrence(x_proj, h, c, getattr(self, f"w_h{k}_0"), getattr(self, f"w_h{k}_1"),
+                              getattr(self, f"w_p{k}_0"), getattr(self, f"w_p{k}_1"),
                               self.cell_clip, self.proj_clip)  # (T+2, 2, B, P)
             if self.skip and k > 0:
                 out = out + x_in
