@@ -16,8 +16,8 @@ from tasks.readers import DataError, read_classification, read_conll2003
 from tasks.train import train
 
 SMALL = ["--set", "hidden_dim=8", "--set", "word_dim=8", "--set", "char_dim=6", "--set", "mlp_dim=8",
-         "--set", "char_filters=1:4,2:4", "--set", "num_lstm_layers=1", "--threads", "1", "--batch-size", "4",
-         "--quiet"]
+         "--set", "char_filters=1:4,2:4", "--set", "num_lstm_layers=1", "--set", "num_threads=1",
+         "--batch-size", "4", "--quiet"]
 
 
 def ner_file(path, n=8):
@@ -268,7 +268,8 @@ def test_orphaned_temporary_files_are_removed_at_the_next_run(model_dir, tmp_pat
     orphan = os.path.join(copy, f"model.pt.tmp.{dead}")
     open(orphan, "wb").write(b"half a model")
     assert main(["train", "ner", "--train", data, "--dev", data, "--out", copy, "--force", "--no-elmo",
-                 "--epochs", "1", *SMALL]) == 0
+                 "--epochs", "1", *SMALL, "--threads", "1"]) == 0
+    assert json.load(open(os.path.join(copy, "task_config.json")))["num_threads"] == 1  # --threads
     assert not os.path.exists(orphan)
     pred = tmp_path / "pred.txt"
     stale = tmp_path / f"pred.txt.tmp.{dead}"
