@@ -48,13 +48,6 @@ class ScalarMix(nn.Module):
             raise ValueError("ScalarMix(do_layer_norm=True) needs the mask")
         out_dtype = torch.promote_types(layers[0].dtype, torch.float32)
         w = self.weights().to(out_dtype)
-        if isinstance(layers, torch.Tensor) and not self.do_layer_norm and layers.device.type == "cpu":
-            # One product (1, L) @ (L, B*T*D) reads the stacked layers once; the loop below makes
-            # six passes with temporaries (a cached NER batch on the CPU: 3.0 -> 0.6 ms forward and
-            # backward). Not on GPUs, where a matmul may run in TF32 when the user allows it.
-            flat = layers.to(out_dtype).reshape(self.num_layers, -1)
-            mixed = (self.gamma.to(out_dtype) * w).unsqueeze(0) @ flat
-            return mixed.view(layers.shape[1:])
         if self.do_layer_norm:
             layers = [self._layer_norm(layer.to(out_dtype), mask) for layer in layers]
         return self.gamma.to(out_dtype) * weighted_sum(layers, w)
