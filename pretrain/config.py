@@ -106,6 +106,9 @@ class OptimConfig:
     # The LSTM projection W_p held at the identity (dim == projection_dim, no clipping): a plain
     # LSTM without projection, as Kim et al.'s; only the "lstm" cell.
     identity_projection: bool = False
+    # Dropout also on the first LSTM layer's input (the token vectors), as ELMo; false: between
+    # the layers and before the softmax only, as Kim et al. (train.directions "forward" only).
+    input_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_choice("optim.optimizer", self.optimizer, OPTIMIZERS)
@@ -177,6 +180,9 @@ class PretrainConfig(JsonConfig):
                 raise ValueError("optim.identity_projection needs model.bilm.cell 'lstm', dim == "
                                  f"projection_dim and proj_clip null; got cell {b.cell!r}, dim {b.dim}, "
                                  f"projection_dim {b.projection_dim}, proj_clip {b.proj_clip}")
+        if not self.optim.input_dropout and self.train.directions != "forward":
+            raise ValueError("optim.input_dropout false is implemented for train.directions "
+                             "'forward' (the forward LM of pretrain.directional) only")
         if self.optim.schedule == "plateau" and not self.train.eval_per_epoch:
             raise ValueError("optim.schedule 'plateau' is driven by the evaluation at the end of each "
                              "epoch: set train.eval_per_epoch=true (and give held-out text)")
@@ -209,15 +215,16 @@ def _kim_model(filters: list, n_highway: int, dim: int) -> ElmoConfig:
 
 # Kim et al. 2016's training recipe for PTB (sec. 4 "Optimization"): window mode with BPTT 35 and
 # batch 20 over the text in order, plain SGD at lr 1.0, halved when validation perplexity improves
-# by less than 1 after an epoch, 25 epochs, gradient norm 5, dropout 0.5, weights U(-0.05, 0.05),
-# a full softmax over the 10k words; the forward LM only (the paper's models are forward LMs).
+# by less than 1 after an epoch, 25 epochs, gradient norm 5, dropout 0.5 between the LSTM layers
+# and before the softmax (not on the highway output), every weight and bias U(-0.05, 0.05), a
+# full softmax over the 10k words; the forward LM only (the paper's models are forward LMs).
 _KIM_TRAINING = {
     "data": {"batch_size": 20, "window": 35, "batch_mode": "window", "window_order": "contiguous",
              "eval_mode": "stream", "eval_max_tokens": None, "max_vocab_size": None},
     "softmax": {"kind": "full", "unigram_bias_init": False},
     "optim": {"optimizer": "sgd", "lr": 1.0, "schedule": "plateau", "plateau_threshold": 1.0,
               "plateau_factor": 0.5, "clip_norm": 5.0, "dropout": 0.5, "init_range": 0.05,
-              "identity_projection": True, "loss_normalization": "row"},
+              "identity_projection": True, "input_dropout": False, "loss_normalization": "row"},
     "train": {"epochs": 25, "eval_per_epoch": True, "directions": "forward"},
 }
 PTB_PRESETS = {

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from elmo.bilm import BiLMState, reverse_padded
-from elmo.lstm import batch_sizes_from_lengths
+from elmo.lstm import FORGET_BIAS, Lstm, batch_sizes_from_lengths
 from elmo.model import ElmoBiLM
 from pretrain.batches import Batch
 from pretrain.lm import BidirectionalLM, LMOutput
@@ -30,15 +30,16 @@ FORWARD, BACKWARD = 0, 1
 
 
 def run_direction(bilm: ElmoBiLM, direction: int, tokens: torch.Tensor, mask: torch.Tensor,
-                  state: Optional[list] = None, dropout: float = 0.0, reverse: bool = False
-                  ) -> tuple[torch.Tensor, list]:
+                  state: Optional[list] = None, dropout: float = 0.0, reverse: bool = False,
+                  input_dropout: bool = True) -> tuple[torch.Tensor, list]:
     """tokens (B, T, P) (zero at padding), mask (B, T) with each row's real positions first ->
     the top layer of one direction's stack (B, T, P) and its final state per layer.
 
     ``direction`` picks the forward (0) or the backward (1) layers; ``reverse`` reads each row
     right to left within its length (what the biLM does for the backward stack; a caller that has
     already reversed its text passes False). ``state``: one tuple per layer, rows in batch order,
-    or None for the layers' initial state.
+    or None for the layers' initial state. ``input_dropout=False`` leaves the first layer's
+    input (the token vectors) undropped, as Kim et al. 2016 (dropout between the layers only).
     """
     stack = bilm.bilm.forward_layers if direction == FORWARD else bilm.bilm.backward_layers
     config = bilm.bilm.config
@@ -57,7 +58,8 @@ def run_direction(bilm: ElmoBiLM, direction: int, tokens: torch.Tensor, mask: to
     first = x
     finals = []
     for k, layer in enumerate(stack):
-        x_in = nn.functional.dropout(x, dropout, training=True) if dropout > 0 and bilm.training else x
+        drop = dropout > 0 and bilm.training and (k > 0 or input_dropout)
+        x_in = nn.functional.dropout(x, dropout, training=True) if drop else x
         st = tuple(s.index_select(0, order) for s in state[k])
         out, last = layer(x_in, batch_sizes, st)  # (T, B, P)
         if config.use_skip_connections and k > 0:
@@ -78,7 +80,10 @@ def token_vectors(bilm: ElmoBiLM, batch: Batch) -> torch.Tensor:
 
 class ForwardLM(BidirectionalLM):
     """The forward LM alone: the backward losses are zero with zero targets, and the backward
-    part of the carried state is passed through unchanged (its initial state)."""
+    part of the carried state is passed through unchanged (its initial state).
+    ``input_dropout`` False: no dropout on the first layer's input (``optim.input_dropout``)."""
+
+    input_dropout = True
 
     def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
                 generator: Optional[torch.Generator] = None, full_rows: bool = False) -> LMOutput:
@@ -88,7 +93,8 @@ class ForwardLM(BidirectionalLM):
         if state is None:
             state = self.bilm.bilm.default_state(B)
         top, final = run_direction(self.bilm, FORWARD, token_vectors(self.bilm, batch), batch.mask,
-                                   [pair[0] for pair in state], dropout)
+                                   [pair[0] for pair in state], dropout,
+                                   input_dropout=self.input_dropout)
         if dropout > 0 and self.training:
             top = nn.functional.dropout(top, dropout, training=True)
         fsel = batch.forward_targets >= 0  # (B, T)
@@ -134,12 +140,19 @@ class Plateau:
 
 @torch.no_grad()
 def init_uniform(model: nn.Module, init_range: float) -> None:
-    """Every parameter ~ U(-r, r) (Kim et al. 2016: r = 0.05); embedding padding rows stay zero."""
+    """Every parameter ~ U(-r, r) (Kim et al. 2016: r = 0.05); embedding padding rows stay zero.
+
+    The LSTM cells add a constant 1.0 to the forget gate at run time (the original ELMo's
+    ``FORGET_BIAS``); its stored bias is shifted by -1.0 here so that the bias the gate sees is
+    ~ U(-r, r) as well, as in Kim et al.'s LSTM, which has no such constant."""
     for p in model.parameters():
         p.uniform_(-init_range, init_range)
     for module in model.modules():
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             module.weight[module.padding_idx].zero_()
+        if isinstance(module, Lstm):  # also peephole, CIFG: their own forget block
+            H, k = module.hidden_dim, module.forget_block
+            module.input_bias[k * H : (k + 1) * H] -= FORGET_BIAS
 
 
 @torch.no_grad()

@@ -198,6 +198,8 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         init_uniform(lm, config.optim.init_range)
     if config.optim.identity_projection:
         fix_identity_projection(lm.bilm)
+    if tc.directions == "forward":
+        lm.input_dropout = config.optim.input_dropout
     logger.info("model: %s trainable parameters in the %s LM%s", f"{count_parameters(lm, tc.directions):,}",
                 "forward" if tc.directions == "forward" else "bidirectional",
                 " (LSTM projections fixed at the identity)" if config.optim.identity_projection else "")

@@ -202,14 +202,37 @@ def test_the_identity_projection_makes_a_plain_lstm():
     torch.testing.assert_close(c, c_ref[0], rtol=0, atol=1e-12)
 
 
-def test_init_uniform_bounds_every_weight_and_keeps_the_padding_row():
+def test_init_uniform_bounds_every_weight_and_effective_bias_and_keeps_the_padding_row():
     config = tiny_pretrain_config()
     lm = BidirectionalLM(config.model, 20, config.softmax)
     init_uniform(lm, 0.05)
     for name, p in lm.named_parameters():
+        if name.endswith("input_bias"):  # stored as U(-r, r) - 1 in the forget block
+            continue
         assert float(p.detach().abs().max()) <= 0.05, name
         assert float(p.detach().abs().max()) > 0.04 or p.numel() < 20, name  # drawn, not zeroed
+    H = config.model.bilm.dim
+    for layer in list(lm.bilm.bilm.forward_layers) + list(lm.bilm.bilm.backward_layers):
+        bias = layer.effective_bias().detach()  # what the gates see: no +1 on the forget gate
+        assert float(bias.abs().max()) <= 0.05 and float(bias[H : 2 * H].abs().max()) > 0.04
     assert float(lm.bilm.char_cnn.char_embedding.weight[0].abs().max()) == 0.0
+
+
+def test_without_input_dropout_only_the_layers_above_the_first_are_dropped():
+    corpus, table, vocab = make_data(toy_sentences(20))
+    config = tiny_pretrain_config().model
+    config.bilm.n_layers = 1
+    lm = ForwardLM(config, len(vocab), tiny_pretrain_config().softmax).train()
+    batch = eval_batches(corpus, table, 4, 50)[0]
+    tokens = token_vectors(lm.bilm, batch).detach()
+    with torch.no_grad():
+        lm.eval()
+        plain, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask)
+        lm.train()
+        kept, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask, dropout=0.9, input_dropout=False)
+        dropped, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask, dropout=0.9)
+    torch.testing.assert_close(kept, plain, rtol=0, atol=0)  # one layer: nothing dropped
+    assert float((dropped - plain).abs().max()) > 1e-3
 
 
 # -- the contiguous window order --------------------------------------------------------------------
