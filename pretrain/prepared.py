@@ -575,8 +575,9 @@ class PreparedCorpus:
             held_counts = self._load(HELD_COUNTS)
         else:  # not the prepared fraction: count the held-out sentences' tokens once
             held_counts = np.zeros(len(counts), np.int64)
-            for s in held_idx:
-                held_counts += np.bincount(self.sentence(int(s)), minlength=len(counts))
+            for k in range(0, len(held_idx), 65536):
+                ids = [self.sentence(int(s)) for s in held_idx[k : k + 65536]]
+                held_counts += np.bincount(np.concatenate(ids), minlength=len(counts))
         return PreparedSentences(self, train_idx, self.num_tokens - held_tokens), \
             PreparedSentences(self, held_idx, held_tokens), counts - held_counts
 
@@ -645,6 +646,17 @@ def prepared_train_dir(train: Sequence[str]) -> Optional[str]:
     return found[0]
 
 
+def adopt_tokenizer(data, corpus_dir: str) -> None:
+    """``data.tokenizer`` (a ``DataConfig``) becomes the prepared corpus's, with a warning if it
+    differed (before the run's config is saved, so a resume finds the same one)."""
+    manifest = _read_json(os.path.join(corpus_dir, MANIFEST)) or {}
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer and data.tokenizer != tokenizer:
+        logger.warning("%s was prepared with the %s tokenizer; data.tokenizer %r is replaced by it",
+                       corpus_dir, tokenizer, data.tokenizer)
+        data.tokenizer = tokenizer
+
+
 def prepare_for_run(train: Sequence[str], out_dir: str, tokenizer: str, heldout_fraction: float,
                     text_field: str, resuming: bool, progress: bool) -> str:
     """Raw ``--train`` text prepared into ``OUT/corpus`` (once; reused by a resumed run)."""
@@ -667,10 +679,7 @@ def open_for_training(corpus_dir: str, heldout: Optional[Sequence[str]], data, m
     from pretrain.vocab import BOS_ID, EOS_ID
 
     corpus = PreparedCorpus(corpus_dir)
-    if data.tokenizer != corpus.tokenizer:
-        logger.warning("%s was prepared with the %s tokenizer; data.tokenizer %r is replaced by it",
-                       corpus_dir, corpus.tokenizer, data.tokenizer)
-        data.tokenizer = corpus.tokenizer
+    adopt_tokenizer(data, corpus_dir)
     fraction = 0.0 if heldout else data.heldout_fraction
     train, held, counts = corpus.split(fraction)
     if len(train) == 0:

@@ -29,7 +29,7 @@ from pretrain.evaluate import StreamEvaluator
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
 from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
 from pretrain.plot import plot_curves
-from pretrain.prepared import (IMPLICIT_DIR, PreparedSentences, open_for_training,
+from pretrain.prepared import (IMPLICIT_DIR, PreparedSentences, adopt_tokenizer, open_for_training,
                                prepare_for_run, prepared_train_dir)
 from pretrain.resume import apply_learning_rate, describe_inputs, log_changes
 from pretrain.resume import check_config as check_resume_config
@@ -97,6 +97,9 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     d, tc = config.data, config.train
+    prepared_dir = prepared_train_dir(train)  # --train CORPUS_DIR (elmo-prepare): its tokenizer
+    if prepared_dir is not None:
+        adopt_tokenizer(d, prepared_dir)
     latest = ckpt.load_latest(out_dir) if resume else None
     if resume and latest is None:
         logger.info("--resume: no checkpoint in %s yet; starting from the beginning", out_dir)

@@ -18,8 +18,9 @@ and the prepared path (``elmo-prepare``, then ``--train CORPUS_DIR``):
 
 It then extrapolates to 1B tokens from the slope between the two sizes, and compares batch
 production with what a training step at ORIGINAL size on one GPU consumes. Writes nothing into
-the repository; the model is the ``tiny`` preset with 128 x 20 batches, eval and checkpoints off
-until the last step.
+the repository. The training runs use a toy biLM (16-dim projections, 256 sampled negatives;
+``--model tiny`` for the tiny preset) with 128 x 20 batches, held-out evaluation and checkpoints
+off until the last step: the data path is measured, not the model.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The data path is what is measured, not the model: a biLM small enough that 200 steps of 128 x 20
+# take seconds on a shared CPU (--model tiny for the tiny preset's 1.5M-parameter biLM).
+TOY_MODEL = ("model.char_cnn.embedding_dim=4", "model.char_cnn.filters=[[1,8],[2,8],[3,16]]",
+             "model.char_cnn.n_highway=1", "model.bilm.dim=32", "model.bilm.projection_dim=16",
+             "softmax.num_samples=256")
 GPU_TOKENS_PER_S = 250_000  # DESIGN.md "Scale and GPUs": the target for ORIGINAL size on one GPU
 
 
@@ -126,7 +132,7 @@ def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> tuple[fl
 def _train_child(argv: list[str]) -> None:
     """``--child TRAIN OUT STEPS THREADS PREPARE RESUME``: print a JSON line of timings and RSS."""
     t_process = float(os.environ["BENCH_T0"])
-    train, out, steps, threads, prepare, resume = argv
+    train, out, steps, threads, prepare, resume, model = argv
     import torch
 
     from pretrain.config import pretrain_preset
@@ -134,6 +140,8 @@ def _train_child(argv: list[str]) -> None:
 
     torch.set_num_threads(int(threads))
     config = pretrain_preset("tiny")
+    for a in (TOY_MODEL if model == "toy" else ()):
+        config = config.with_override(a)
     for a in ("data.batch_size=128", "data.window=20", f"data.prepare={prepare}",
               "train.eval_at_start=false", "train.eval_every=1000000", "train.checkpoint_every=1000000",
               "train.progress=false", f"train.max_steps={steps}", "train.log_every=1",
@@ -159,10 +167,10 @@ def _train_child(argv: list[str]) -> None:
 
 
 def train_start(train: str, out: str, steps: int, threads: int, prepare: bool, resume: bool,
-                env: dict) -> dict:
+                env: dict, model: str = "toy") -> dict:
     env = dict(env, BENCH_T0=repr(time.time()))
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", train, out, str(steps),
-                        str(threads), "true" if prepare else "false", "1" if resume else "0"],
+                        str(threads), "true" if prepare else "false", "1" if resume else "0", model],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     for line in p.stdout.splitlines():
         if line.startswith("BENCH "):
@@ -217,6 +225,36 @@ def prepared_batch_rate(corpus_dir: str, n_batches: int) -> tuple[float, float]:
     return batch_rate(train, table, n_batches)
 
 
+def _reader(corpus_dir: str, rank: int, world: int, queue) -> None:
+    from pretrain.prepared import PreparedCorpus
+
+    train, _, _ = PreparedCorpus(corpus_dir).split(0.02)
+    n_sentences = n_tokens = 0
+    for s in train.sentences(0, 0, rank, world):
+        n_sentences += 1
+        n_tokens += len(s)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    queue.put({"rank": rank, "sentences": n_sentences, "tokens": n_tokens,
+               "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
+               "file_mib": int(status["RssFile"].split()[0]) / 1024,
+               "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def shared_readers(corpus_dir: str, world: int = 2) -> list:
+    """``world`` processes (as DDP ranks) each read their share of a whole epoch; their RSS."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_reader, args=(corpus_dir, r, world, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out = sorted((queue.get() for _ in procs), key=lambda d: d["rank"])
+    for p in procs:
+        p.join()
+    return out
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -230,17 +268,22 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.path.join(ROOT, ".data"))
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training runs")
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--model", choices=["toy", "tiny"], default="toy",
+                   help="biLM of the training runs: toy (16-dim, the default) or the tiny preset")
     p.add_argument("--batches", type=int, default=300, help="batches timed for batch production")
     p.add_argument("--no-raw", action="store_true", help="skip the raw-text path (slow, memory-hungry)")
+    p.add_argument("--full-up-to", default="10M",
+                   help="the implicit-preparation run and the raw path's batch rate only up to this size")
     args = p.parse_args()
     sizes = [parse_count(s) for s in args.tokens.split(",")]
+    args.full_up_to = parse_count(args.full_up_to)
     os.makedirs(args.work, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_DATASETS_OFFLINE="1",
                HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=os.path.join(args.work, "hf-cache"))
     os.environ.update({k: env[k] for k in ("OMP_NUM_THREADS", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE",
                                            "HF_DATASETS_CACHE")})
     load0 = os.getloadavg()
-    print(f"# bench_data: sizes {args.tokens}, training runs: tiny preset, 128 x 20 window batches, "
+    print(f"# bench_data: sizes {args.tokens}, training runs: {args.model} biLM, 128 x 20 window batches, "
           f"{args.threads} torch thread(s), {args.steps} steps; load average at start "
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
     results = []
@@ -268,30 +311,36 @@ def main() -> None:
             out = os.path.join(args.work, f"run-{name}-{label}")
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
-            first = train_start(train, out, args.steps, args.threads, prep, False, env)
+            first = train_start(train, out, args.steps, args.threads, prep, False, env, args.model)
             if label == "raw":
                 r["hf_cache_bytes"] = du(env["HF_DATASETS_CACHE"]) if os.path.isdir(env["HF_DATASETS_CACHE"]) else 0
-            resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env)
+            resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env, args.model)
             runs[label] = {"first": first, "resumed": resumed}
             print(f"{label:8s} first step {first['first']['seconds']:6.1f} s ({first['first']['cpu_seconds']:.1f} CPU s),"
                   f" resumed step {resumed['first']['seconds']:6.1f} s ({resumed['first']['cpu_seconds']:.1f} CPU s); peak RSS at step 1 {first['first']['peak_mib']:,.0f}"
                   f" MiB (anon {first['first']['anon_mib']:,.0f}, file {first['first']['file_mib']:,.0f}),"
                   f" after {first['last']['step']} steps {first['last']['peak_mib']:,.0f} MiB", flush=True)
             shutil.rmtree(out, ignore_errors=True)
-        # The default for raw text: prepared into OUT/corpus (one worker) before the first step.
-        out = os.path.join(args.work, f"run-{name}-implicit")
-        shutil.rmtree(out, ignore_errors=True)
-        runs["implicit"] = {"first": train_start(text, out, 1, args.threads, True, False, env)}
-        print(f"implicit first step {runs['implicit']['first']['first']['seconds']:6.1f} s "
-              f"({runs['implicit']['first']['first']['cpu_seconds']:.1f} CPU s; raw text prepared into "
-              f"OUT/corpus first), peak RSS {runs['implicit']['first']['first']['peak_mib']:,.0f} MiB", flush=True)
-        shutil.rmtree(out, ignore_errors=True)
+        if n <= args.full_up_to:  # the default for raw text: prepared into OUT/corpus first
+            out = os.path.join(args.work, f"run-{name}-implicit")
+            shutil.rmtree(out, ignore_errors=True)
+            runs["implicit"] = {"first": train_start(text, out, 1, args.threads, True, False, env, args.model)}
+            print(f"implicit first step {runs['implicit']['first']['first']['seconds']:6.1f} s "
+                  f"({runs['implicit']['first']['first']['cpu_seconds']:.1f} CPU s; raw text prepared into "
+                  f"OUT/corpus first), peak RSS {runs['implicit']['first']['first']['peak_mib']:,.0f} MiB", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
         r["runs"] = runs
+        r["readers"] = shared_readers(prepared)
+        tok_mib = os.path.getsize(os.path.join(prepared, "tokens.npy")) / 2**20
+        for d in r["readers"]:
+            print(f"reader {d['rank']} of 2 read {d['tokens']:,} tokens ({d['sentences']:,} sentences, its "
+                  f"half of an epoch): RSS anon {d['anon_mib']:,.0f} MiB, file {d['file_mib']:,.0f} MiB, "
+                  f"peak {d['peak_mib']:,.0f} MiB (tokens.npy is {tok_mib:,.0f} MiB)", flush=True)
         r["batch_prepared"] = prepared_batch_rate(prepared, args.batches)
         print(f"batch production, prepared: {r['batch_prepared'][0] / 1e6:.2f}M tokens per CPU second "
               f"({r['batch_prepared'][1] / 1e6:.2f}M with the (B, T, 50) char ids; "
               f"{r['batch_prepared'][2] / 1e6:.2f}M per wall second)", flush=True)
-        if not args.no_raw:
+        if not args.no_raw and n <= args.full_up_to:
             r["batch_raw"] = raw_batch_rate(text, args.batches)
             print(f"batch production, raw:      {r['batch_raw'][0] / 1e6:.2f}M tokens per CPU second "
                   f"({r['batch_raw'][1] / 1e6:.2f}M with the (B, T, 50) char ids; "
@@ -334,6 +383,8 @@ def report(results: list, args) -> None:
         row(f"{label}: peak RSS at step 1", lambda r: f"{r['runs'][label]['first']['first']['peak_mib']:,.0f} MiB")
         row(f"{label}: peak RSS after {args.steps} steps",
             lambda r: f"{r['runs'][label]['first']['last']['peak_mib']:,.0f} MiB")
+    row("2 processes reading their halves of an epoch: peak RSS each",
+        lambda r: " / ".join(f"{d['peak_mib']:,.0f} MiB" for d in r["readers"]))
     row("raw text, prepared implicitly (default): first step",
         lambda r: f"{r['runs']['implicit']['first']['first']['seconds']:.1f} s")
     row("raw: batch production (tokens per CPU second)", lambda r: f"{r['batch_raw'][0] / 1e6:.2f}M")

@@ -322,3 +322,24 @@ def test_a_preparation_killed_with_sigkill_resumes_byte_identical(tmp_path):
     assert 20 <= len(finished()) < len(P._plan_shards([text], 1024))
     assert main([text, "--out", out, "--shard-mb", str(1024 / 2**20), "--no-progress"]) == 0
     assert _tree_bytes(out) == _tree_bytes(tmp_path / "want")
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_prepared_corpus_brings_its_tokenizer_and_resumes(tmp_path, caplog):
+    text = write_lines(str(tmp_path / "t.txt"), ["It's 3.5% of U.S. sales, isn't it?"] * 30 + toy_sentences(60))
+    prepare([text], str(tmp_path / "c"), tokenizer="punct")
+    out = str(tmp_path / "run")
+    from pretrain.cli import main as pretrain_main
+
+    args = ["--train", str(tmp_path / "c"), "--out", out, "--preset", "tiny", "--set", "model.bilm.dim=16",
+            "--set", "model.bilm.projection_dim=8", "--batch-size", "2", "--num-samples", "8",
+            "--checkpoint-every", "1", "--no-progress", "--log-level", "WARNING"]
+    with caplog.at_level(logging.WARNING):
+        assert pretrain_main(args + ["--max-steps", "2"]) == 0
+    assert "prepared with the punct tokenizer" in caplog.text
+    from pretrain.config import PretrainConfig
+
+    assert PretrainConfig.load(os.path.join(out, "pretrain_config.json")).data.tokenizer == "punct"
+    vocab = open(os.path.join(out, "vocab.txt")).read().split("\n")
+    assert "'s" in vocab and "n't" in vocab
+    assert pretrain_main(args + ["--max-steps", "3", "--resume"]) == 0  # the saved config agrees
