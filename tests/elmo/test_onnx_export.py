@@ -107,3 +107,16 @@ def test_elmo_export_onnx_command(tmp_path, tiny_config):
     assert export_main([str(tmp_path / "m"), "--onnx", str(out), "--force"]) == 0
     assert export_main([str(tmp_path / "m")]) == 2  # nothing to write
     assert export_main([str(tmp_path / "m"), "--options-file", str(tmp_path / "o.json")]) == 2
+
+
+def test_missing_extras_are_named(tmp_path, tiny_config, monkeypatch):
+    import sys
+
+    export_onnx(ElmoBiLM(tiny_config), tmp_path / "m.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[onnx\]"):
+        OnnxBiLM(tmp_path / "m.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[onnx\]"):
+        export_onnx(ElmoBiLM(tiny_config), tmp_path / "n.onnx")
+    assert not os.path.exists(tmp_path / "n.onnx")

@@ -103,3 +103,13 @@ def test_to_disk_and_spacy_load_rebuild_the_component(files, tmp_path):
     loaded = spacy.load(tmp_path / "pipeline")
     assert loaded.pipe_names == ["elmo"]
     np.testing.assert_array_equal(loaded(TEXTS[0]).tensor, before)
+
+
+def test_without_spacy_the_import_error_names_the_extra(monkeypatch):
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    monkeypatch.setitem(sys.modules, "spacy.language", None)
+    monkeypatch.delitem(sys.modules, "elmo.spacy_component", raising=False)
+    with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[spacy\]"):
+        importlib.import_module("elmo.spacy_component")
