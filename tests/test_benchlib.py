@@ -1,0 +1,103 @@
+"""scripts/benchlib.py, the bench scripts' shared harness: the peer's batch recipe, the weights,
+workers, tables and the sections it writes into docs/benchmarks.md."""
+
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchlib  # noqa: E402
+
+
+def test_peer_sentences_follow_the_recipe():
+    vocab = benchlib.peer_vocabulary()
+    assert vocab == sorted(set(vocab)) and all(len(w) <= 20 for w in vocab) and len(vocab) > 100
+    batch = benchlib.peer_sentences(32, 20, 30, seed=0)
+    rng = random.Random(0)  # the recipe both bench scripts and the peer use
+    assert batch == [[rng.choice(vocab) for _ in range(rng.randint(20, 30))] for _ in range(32)]
+    assert all(20 <= len(s) <= 30 for s in batch)
+    assert benchlib.peer_sentences(32, 20, 30, seed=0) == batch  # deterministic
+    assert [len(s) for s in benchlib.peer_sentences(5, 20, 20, seed=1)] == [20] * 5
+
+
+def test_ensure_weights_writes_once_and_loads(tmp_path):
+    from elmo import load_original
+
+    options, weights = benchlib.ensure_weights("tiny", str(tmp_path), bias_std=0.2)
+    assert os.path.basename(options) == "tiny_options.json" and os.path.exists(weights)
+    stamp = os.stat(weights).st_mtime_ns
+    assert benchlib.ensure_weights("tiny", str(tmp_path), bias_std=0.2) == (options, weights)
+    assert os.stat(weights).st_mtime_ns == stamp  # reused, not rewritten
+    model = load_original(options, weights)
+    biases = [p for n, p in model.named_parameters() if n.endswith("input_bias")]
+    assert biases and 0.1 < float(torch.cat([b.detach().flatten() for b in biases]).std()) < 0.3
+    plain, _ = benchlib.ensure_weights("tiny", str(tmp_path / "plain"))
+    assert os.path.basename(plain) == "tiny_options.json"
+
+
+def test_run_worker_returns_the_last_json_line(tmp_path):
+    script = tmp_path / "w.py"
+    script.write_text("import json, sys\nspec = json.loads(sys.argv[2])\nprint('noise')\n"
+                      "if spec.get('fail'):\n    sys.exit('bad | thing')\nprint(json.dumps({'twice': 2 * spec['x']}))\n")
+    assert benchlib.run_worker(str(script), {"x": 21}) == {"twice": 42}
+    with pytest.raises(RuntimeError, match="bad"):
+        benchlib.run_worker(str(script), {"x": 1, "fail": True})
+    assert benchlib.run_worker(str(script), {"x": 1, "fail": True}, keep_going=True) == {"error": "bad / thing"}
+
+
+def test_markdown_table():
+    lines = benchlib.markdown_table(["a", "b"], [(1, "x"), ("2", None)], right=(0,))
+    assert lines == ["| a | b |", "|---:|---|", "| 1 | x |", "| 2 | None |"]
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        benchlib.markdown_table(["a", "b"], [(1,)])
+    assert benchlib.fmt(None) == "-" and benchlib.fmt(1234.5) == "1,234" and benchlib.fmt(0.5, ".2f") == "0.50"
+
+
+def test_sections_are_written_replaced_and_appended(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    one = benchlib.section_text("embed-cpu", "Inference", "python scripts/bench_embed.py", "batch 32",
+                                ["| a |", "|---|", "| 1 |"], threads=1)
+    assert one.startswith("<!-- bench:embed-cpu -->\n### Inference\n") and one.endswith("<!-- /bench:embed-cpu -->")
+    assert "`python scripts/bench_embed.py`" in one and "Configuration: batch 32" in one and "1 torch thread" in one
+    assert torch.__version__ in one and benchlib.cpu_model() in one
+    benchlib.write_section(str(page), "embed-cpu", one)  # a new page: the header, then the section
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n") and text.endswith(one + "\n")
+
+    page.write_text("# Mine\n\nbefore\n\n" + one + "\n\nafter, by hand\n")
+    two = one.replace("| 1 |", "| 2 |")
+    benchlib.write_section(str(page), "embed-cpu", two)  # replaced in place, the rest kept
+    assert page.read_text() == "# Mine\n\nbefore\n\n" + two + "\n\nafter, by hand\n"
+    other = benchlib.section_text("tasks-tiny-t1", "NER", "cmd", "cfg", ["x"])
+    benchlib.write_section(str(page), "tasks-tiny-t1", other)  # appended after the others
+    assert page.read_text() == "# Mine\n\nbefore\n\n" + two + "\n\nafter, by hand\n\n" + other + "\n"
+
+    page.write_text(one + "\n" + one + "\n")  # two copies: which one to replace is not known
+    with pytest.raises(ValueError, match="not one"):
+        benchlib.write_section(str(page), "embed-cpu", two)
+    assert page.read_text() == one + "\n" + one + "\n"  # left as it was
+    with pytest.raises(ValueError, match="section name"):
+        benchlib.write_section(str(page), "a b", two)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        benchlib.write_section(str(tmp_path / "no" / "page.md"), "embed-cpu", one)
+
+
+def test_machine_and_commit():
+    line = benchlib.machine("cpu", threads=2)
+    assert f"torch {torch.__version__}" in line and "2 torch threads" in line
+    commit = benchlib.git_commit()
+    assert commit == "unknown" or len(commit.split("+")[0]) >= 7
+
+
+def test_the_harness_imports_no_optional_package():
+    """The GPU check runs the bench scripts where neither `datasets` nor the peer may exist."""
+    import subprocess
+
+    code = ("import sys; sys.modules['datasets'] = None; sys.path.insert(0, 'scripts'); import benchlib; "
+            "assert 'torch' not in sys.modules, 'benchlib imports torch at import time'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
