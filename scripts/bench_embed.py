@@ -104,8 +104,104 @@ def ensure_weights(size: str, weights_dir: str) -> tuple[str, str]:
     return options, weights
 
 
+# -- the featurizer on a GPU (scripts/gpu_check.sh; issue 17) ---------------------------------------
+def worker_gpu(spec: dict) -> dict:
+    """``Embedder.embed_sentences`` over ``sentences`` sentences of 5-40 tokens on spec["device"]
+    (end to end: char ids on the host, the model, the copy back, numpy arrays; --top output) and
+    the model alone on the same batches already on the device (one synchronisation at the end)."""
+    import torch
+
+    from elmo import ElmoBiLM, Embedder, preset
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = ElmoBiLM(preset(spec["config"]))
+    embedder = Embedder(model, device=device, dtype=getattr(torch, spec["dtype"]),
+                        batch_size=spec["batch"], max_tokens_per_batch=spec["batch"] * 64,
+                        compile=spec["compile"])
+    sentences = make_batch(spec["sentences"], 5, 40, seed=7)
+    n_tok = sum(map(len, sentences))
+    t0 = time.perf_counter()
+    for _ in embedder.embed_sentences(sentences[: 4 * spec["batch"]], output="top"):  # warm-up
+        pass
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in embedder.embed_sentences(sentences, output="top"):
+        pass
+    e2e = time.perf_counter() - t0
+    batches = [embedder._inputs([sentences[i] for i in b]) + ([len(sentences[i]) for i in b],)
+               for b in embedder._batches(sentences, spec["batch"])]
+    with torch.inference_mode():
+        _sync_device(device)
+        t0 = time.perf_counter()
+        for tokens, vectors, lengths in batches:
+            embedder._forward(tokens, token_vectors=vectors, lengths=lengths)
+        _sync_device(device)
+        model_s = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mib()
+    return {"tokens": n_tok, "tokens_per_s": n_tok / e2e, "model_tokens_per_s": n_tok / model_s,
+            "warmup_s": warmup_s, "peak_mib": peak}
+
+
+def _sync_device(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpu_specs(args) -> list:
+    base = {"mode": "gpu", "device": args.device, "threads": args.threads,
+            "sentences": args.gpu_sentences, "batch": args.gpu_batch}
+    specs = [dict(base, config=c, dtype=d, compile=False) for c in args.configs for d in args.dtypes]
+    if args.compile:
+        specs += [dict(base, config=c, dtype=args.dtypes[-1], compile=True) for c in args.configs]
+    return specs
+
+
+def run_gpu_worker(spec: dict, timeout: float) -> dict:
+    """One GPU-table measurement in a fresh process; a failure or timeout comes back as "error"."""
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160].replace("|", "/")}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_table(args) -> list[str]:
+    lines = [f"Featurizer (Embedder.embed_sentences, --top), {args.gpu_sentences:,} sentences of 5-40 "
+             f"tokens, batches of {args.gpu_batch}, device {args.device}",
+             "| size | dtype | mode | end-to-end tok/s | model-only tok/s | peak MiB | warm-up s |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for spec in gpu_specs(args):
+        mode = "compiled" if spec["compile"] else "eager"
+        r = run_gpu_worker(spec, args.worker_timeout)
+        if "error" in r:
+            lines.append(f"| {spec['config']} | {spec['dtype']} | {mode} | failed: {r['error']} | | | |")
+        else:
+            lines.append(f"| {spec['config']} | {spec['dtype']} | {mode} | {r['tokens_per_s']:,.0f} | "
+                         f"{r['model_tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} | {r['warmup_s']:.1f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 # -- workers (each in a fresh process) ----------------------------------------------------------
 def worker(spec: dict) -> dict:
+    if spec["mode"] == "gpu":
+        return worker_gpu(spec)
+    return worker_cpu(spec)
+
+
+def worker_cpu(spec: dict) -> dict:
     import numpy as np
     import torch
 
@@ -211,7 +307,8 @@ def max_diff_hdf5(a: str, b: str) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["small", "original"], choices=list(PEER_NAMES))
+    ap.add_argument("--configs", nargs="+", default=["small", "original"],
+                    choices=["tiny", *PEER_NAMES], help="sizes (tiny: the GPU table only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--file-sentences", type=int, default=400)
@@ -220,10 +317,21 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip AllenNLP even if it is set up")
     ap.add_argument("--onnx", action="store_true",
                     help="also time onnxruntime on the exported model (extra [onnx]) on the same batch")
+    gpu = ap.add_argument_group("GPU table (scripts/gpu_check.sh)")
+    gpu.add_argument("--device", default="cpu",
+                     help="cuda: only the featurizer table on that device (no peer, no file)")
+    gpu.add_argument("--gpu-sentences", type=int, default=20000)
+    gpu.add_argument("--gpu-batch", type=int, default=256, help="sentences per batch on the device")
+    gpu.add_argument("--compile", action="store_true", help="also Embedder(compile=True)")
+    gpu.add_argument("--worker-timeout", type=float, default=240.0)
+    gpu.add_argument("--gpu-only", action="store_true", help="the GPU table on --device cpu (a dry run)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.device != "cpu" or args.gpu_only:
+        print("\n".join(gpu_table(args)))
         return 0
 
     peer = not args.no_peer and os.path.exists(os.path.join(REFENV, "bin", "python")) \

@@ -178,12 +178,153 @@ def worker_train_step(spec: dict) -> dict:
             "tokens": tokens, "peak_mib": peak_mib(spec["device"]), "softmax_kind": lm.softmax.kind}
 
 
+# -- the GPU training step (scripts/gpu_check.sh) ---------------------------------------------------
+def train_flops_per_token(model, num_samples: int) -> float:
+    """Model FLOPs of one training token (forward + backward = 3 x the forward's matmuls), counted
+    per token as if every token ran the character CNN (deduplication saves some of that):
+    char CNN convolutions, highways and projection; per layer and direction the input, recurrent
+    and output-projection products; the sampled softmax (num_samples + 1 logits) per direction."""
+    cc, b = model.char_cnn, model.bilm
+    e, C = cc.embedding_dim, cc.max_characters_per_token
+    n = sum(count for _, count in cc.filters)
+    conv = sum(2 * w * e * count * (C - w + 1) for w, count in cc.filters)
+    highway = cc.n_highway * 2 * (2 * n * n)
+    proj = 2 * n * b.projection_dim
+    P, H = b.projection_dim, b.dim
+    lstm = b.n_layers * 2 * (2 * P * 4 * H + 2 * P * 4 * H + 2 * H * P)
+    softmax = 2 * 2 * P * (num_samples + 1)
+    return 3.0 * (conv + highway + proj + lstm + softmax)
+
+
+def worker_gpu_step(spec: dict) -> dict:
+    """``steps`` window-mode training steps (Trainer.train_step, the sync-free step) timed as one
+    block after ``warmup`` steps: one synchronisation at each end, as a long run sees it."""
+    import numpy as np
+    import torch
+
+    from pretrain.batches import WindowBatcher
+    from pretrain.config import pretrain_preset
+    from pretrain.corpus import EncodedCorpus
+    from pretrain.distributed import DistInfo
+    from pretrain.lm import BidirectionalLM
+    from pretrain.train import DevicePrefetcher, Trainer
+    from pretrain.vocab import Vocabulary, WordTable
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = spec.get("tf32", True)  # the fp32 recurrence
+    config = pretrain_preset(spec["config"])
+    for assignment in (f"data.batch_size={spec['batch']}", f"data.window={spec['window']}",
+                       "softmax.kind=sampled", f"softmax.num_samples={spec['samples']}",
+                       f"train.precision={spec['precision']}", "train.max_steps=1000000",
+                       f"train.compile={'true' if spec['compile'] else 'false'}"):
+        config = config.with_override(assignment)
+    V, rows, T = spec["vocab"], spec["batch"], spec["window"]
+    vocab = Vocabulary(["<S>", "</S>", "<UNK>"] + [f"w{i}" for i in range(V - 3)])
+    table = WordTable(vocab)
+    rng = np.random.default_rng(0)
+    n_tok = (spec["warmup"] + spec["steps"] + 2) * rows * T + 1000
+    ids = np.minimum(rng.zipf(1.1, n_tok), V + 5000) - 1
+    words = [f"w{i}" for i in range(int(ids.max()) + 1)]
+    sentences, k = [], 0
+    for n in rng.integers(5, 40, n_tok // 5):
+        if k >= n_tok:
+            break
+        sentences.append(table.encode(words[j] for j in ids[k : k + n]))
+        k += n
+    torch.manual_seed(0)
+    lm = BidirectionalLM(config.model, len(vocab), config.softmax)
+    batcher = WindowBatcher(EncodedCorpus(table, sentences), table, rows, T, seed=0)
+    trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=device))
+    trainer.sync_every_step = device.type == "cpu"
+    feed = DevicePrefetcher(batcher, device)
+    t0 = time.perf_counter()
+    for _ in range(spec["warmup"]):
+        trainer.train_step(feed.next_batch())
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(spec["steps"]):
+        metrics = trainer.train_step(feed.next_batch())
+        feed.fetch()  # the next batch is built while the device runs this step
+    _sync(device)
+    dt = time.perf_counter() - t0
+    loss = metrics["loss"]
+    tokens = rows * T * spec["steps"]
+    flops = train_flops_per_token(config.model, spec["samples"])
+    return {"tokens_per_s": tokens / dt, "ms_per_step": 1000 * dt / spec["steps"],
+            "warmup_s": warmup_s, "peak_mib": peak_mib(spec["device"]), "loss": loss,
+            "mflop_per_token": flops / 1e6, "tflops": tokens / dt * flops / 1e12,
+            "mfu": tokens / dt * flops / (spec["peak_tflops"] * 1e12)}
+
+
+def gpu_step_specs(configs, rows, compile_rows, args) -> list:
+    """The grid of scripts/gpu_check.sh: each config at each row count eagerly, and compiled at
+    ``compile_rows`` (compiling costs minutes, so once per config)."""
+    base = {"kind": "gpu_step", "window": args.window, "vocab": args.vocab, "samples": args.samples,
+            "threads": args.threads, "device": args.device, "precision": args.precision,
+            "peak_tflops": args.peak_tflops, "steps": args.steps, "warmup": args.warmup}
+    specs = [dict(base, config=c, batch=r, compile=False) for c in configs for r in rows]
+    specs += [dict(base, config=c, batch=r, compile=True, warmup=max(args.warmup, 3))
+              for c in configs for r in compile_rows]
+    return specs
+
+
+def gpu_step_table(results: list) -> list[str]:
+    lines = ["| config | rows x tokens | mode | tokens/s | ms/step | peak MiB | MFLOP/token | TFLOP/s | "
+             "MFU | warm-up s | loss |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for spec, r in results:
+        mode = ("compiled" if spec["compile"] else "eager") + f", {spec['precision']}"
+        if "error" in r:
+            lines.append(f"| {spec['config']} | {spec['batch']} x {spec['window']} | {mode} | failed: "
+                         f"{r['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {spec['config']} | {spec['batch']} x {spec['window']} | {mode} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['ms_per_step']:.1f} | {r['peak_mib']:,.0f} | "
+                     f"{r['mflop_per_token']:.0f} | {r['tflops']:.1f} | {100 * r['mfu']:.1f}% | "
+                     f"{r['warmup_s']:.1f} | {r['loss']:.3f} |")
+    return lines
+
+
 def run_worker(spec: dict) -> dict:
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_gpu_worker(spec: dict, timeout: float) -> dict:
+    """A GPU-grid measurement in a fresh process (its own peak memory); a failure or a timeout is
+    reported in the table instead of ending the check."""
+    try:
+        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": last[:160].replace("|", "/")}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_grid(args) -> list[str]:
+    """--gpu-grid: the training-step grid of scripts/gpu_check.sh; returns the table's lines."""
+    results = []
+    for spec in gpu_step_specs(args.configs, args.rows, args.compile_rows, args):
+        results.append((spec, run_gpu_worker(spec, args.worker_timeout)))
+        print(gpu_step_table(results[-1:])[-1], flush=True)
+    lines = [f"Training step, window mode, {args.window} tokens per row, {args.vocab:,}-word vocabulary, "
+             f"{args.samples:,} sampled negatives, {args.precision}, device {args.device}; "
+             f"{args.steps} steps timed after {args.warmup} warm-up steps; MFU against "
+             f"{args.peak_tflops:g} TFLOP/s"] + gpu_step_table(results)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([{**spec, **r} for spec, r in results], f, indent=2)
+    return lines
 
 
 def run_peer(size: str, weights_dir: str, steps: int, threads: int) -> dict | None:
@@ -215,12 +356,27 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", default="/tmp/elmo_pretrain_bench")
     p.add_argument("--no-peer", action="store_true", help="skip AllenNLP")
     p.add_argument("--json", help="also write all results here")
+    gpu = p.add_argument_group("GPU grid (scripts/gpu_check.sh)")
+    gpu.add_argument("--gpu-grid", action="store_true",
+                     help="only the sync-free training step over --rows (eager) and --compile-rows "
+                          "(compiled) for each --configs; tokens/s, peak memory, MFU")
+    gpu.add_argument("--rows", type=int, nargs="+", default=[128, 256, 512])
+    gpu.add_argument("--compile-rows", type=int, nargs="*", default=[512])
+    gpu.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    gpu.add_argument("--peak-tflops", type=float, default=790.0,
+                     help="the chip's dense bf16 peak for MFU (790: measured on the H200)")
+    gpu.add_argument("--worker-timeout", type=float, default=240.0, help="seconds per measurement")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        result = worker_peer_shape(spec) if spec["kind"] == "peer_shape" else worker_train_step(spec)
+        worker = {"peer_shape": worker_peer_shape, "gpu_step": worker_gpu_step}.get(spec["kind"],
+                                                                                   worker_train_step)
+        result = worker(spec)
         print(json.dumps(result))
+        return 0
+    if args.gpu_grid:
+        print("\n".join(gpu_grid(args)))
         return 0
 
     import torch
