@@ -94,15 +94,7 @@ def batch_to_ids(
     Rows of shorter sentences are padded with all-zero tokens (the mask). Boundary tokens are not
     added here: the model adds them. ``min_length`` pads the token axis to at least that length.
     """
-    sentences = _check_sentences(sentences)
-    max_len = max([len(s) for s in sentences] + [min_length])
-    out = np.zeros((len(sentences), max_len, max_characters_per_token), dtype=np.int64)
-    for i, sentence in enumerate(sentences):
-        for j, word in enumerate(sentence):
-            if not isinstance(word, str):
-                raise TypeError(f"sentence {i}, token {j}: expected str, got {type(word).__name__}")
-            out[i, j] = _word_ids(word, max_characters_per_token)
-    return torch.from_numpy(out)
+    return batch_to_tokens(sentences, max_characters_per_token, min_length).char_ids()
 
 
 class TokenBatch(NamedTuple):
