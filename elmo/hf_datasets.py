@@ -31,6 +31,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from elmo.featurizer import Embedder, Output
+from elmo.scalar_mix import ScalarMix
 
 
 def elmo_map_function(embedder: Embedder, tokens_column: str = "tokens", output: Output = "average",
@@ -72,6 +73,8 @@ def add_elmo_vectors(dataset, embedder: Embedder, tokens_column: str = "tokens",
     ``batch_size`` examples are embedded per call (the embedder batches them by length);
     ``writer_batch_size`` rows (default: ``batch_size``) are buffered before each write to the
     Arrow cache. Other keyword arguments go to ``Dataset.map`` (e.g. ``load_from_cache_file``).
+    The same data, weights and settings map to the same cache entry: a second run reads the
+    vectors back instead of embedding again.
     """
     try:
         import datasets
@@ -88,9 +91,32 @@ def add_elmo_vectors(dataset, embedder: Embedder, tokens_column: str = "tokens",
                          "or remove it first (dataset.remove_columns)")
     features = dataset.features.copy()
     features[column] = elmo_features(embedder, output)
+    map_kwargs.setdefault("new_fingerprint", _fingerprint(dataset, embedder, tokens_column, output, column))
     return dataset.map(elmo_map_function(embedder, tokens_column, output, column), batched=True,
                        batch_size=batch_size, writer_batch_size=writer_batch_size or batch_size,
                        features=features, cache_file_name=cache_file_name, **map_kwargs)
+
+
+def _fingerprint(dataset, embedder: Embedder, tokens_column: str, output: Output, column: str) -> str:
+    """The result's cache key: the input's fingerprint, the model's weights (elmo.dump's
+    model_fingerprint) and the settings; not the embedder object, whose prepared inference
+    weights change after its first batch (so datasets' own hash of the function would differ
+    between two embedders of the same model, and each run would embed everything again)."""
+    import hashlib
+    import json
+
+    from elmo.dump import model_fingerprint
+
+    if isinstance(output, str):
+        how = output
+    elif isinstance(output, ScalarMix):
+        how = json.dumps({k: v.detach().cpu().reshape(-1).tolist() for k, v in output.state_dict().items()},
+                         sort_keys=True)
+    else:
+        how = json.dumps([float(w) for w in output])
+    key = "|".join(["elmo.hf_datasets/1", dataset._fingerprint, model_fingerprint(embedder.model),
+                    str(embedder.dtype), tokens_column, column, how])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
 def as_layers(vectors: Union[np.ndarray, list]) -> np.ndarray:

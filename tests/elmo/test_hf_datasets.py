@@ -103,3 +103,26 @@ def test_on_a_gpu_the_column_matches_the_cpu(conll, embedder, reference_dir):
     on_cpu = add_elmo_vectors(small, embedder, output="top").with_format("numpy")
     for i in range(16):
         np.testing.assert_allclose(on_gpu[i]["elmo"], on_cpu[i]["elmo"], atol=1e-4)
+
+
+def test_a_second_identical_map_is_read_from_the_arrow_cache(conll, reference_dir, monkeypatch):
+    def fresh():  # the same weights, a new embedder object
+        return Embedder.from_pretrained(options_file=os.path.join(reference_dir, "options.json"),
+                                        weight_file=os.path.join(reference_dir, "lm_weights.hdf5"),
+                                        device="cpu", batch_size=16)
+
+    small = conll.select(range(10))
+    first = add_elmo_vectors(small, fresh(), output="top")
+    calls = []
+    original = Embedder.embed_sentences
+
+    def spy(self, sentences, **kw):
+        calls.append(len(sentences))
+        return original(self, sentences, **kw)
+
+    monkeypatch.setattr(Embedder, "embed_sentences", spy)
+    again = add_elmo_vectors(small, fresh(), output="top")
+    assert calls == []  # nothing embedded: the fingerprint (data, function, weights) matched
+    assert again.cache_files == first.cache_files
+    add_elmo_vectors(small, fresh(), output="average")  # another output is computed
+    assert sum(calls) == 10
