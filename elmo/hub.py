@@ -479,6 +479,20 @@ def push_folder(save, repo_id: str, *, revision: Optional[str] = None, private: 
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="elmo-push-") as folder:
         save(folder)
+        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+            f.write(_model_card(repo_id))
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                  commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
+
+
+def _model_card(repo_id: str) -> str:
+    """A minimal model card: how to load the repository with this package."""
+    return (f"---\nlibrary_name: elmo-pytorch\ntags:\n- elmo\n---\n\n# {repo_id}\n\n"
+            "An ELMo biLM (Peters et al. 2018) saved by elmo-pytorch: `elmo_config.json` and "
+            "`elmo_weights.safetensors` (or `elmo_weights.pt`), with a `.sha256` of the weights "
+            "that is checked after download.\n\n"
+            "```python\nfrom elmo import Embedder\n\n"
+            f"embedder = Embedder.from_pretrained(\"{repo_id}\")\n"
+            "layers = embedder.embed_sentence([\"The\", \"cat\", \"sat\", \".\"])  # (L+1, 4, 2P)\n```\n\n"
+            f"Command line: `elmo-embed input.txt output.hdf5 --model {repo_id}`.\n")

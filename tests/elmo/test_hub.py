@@ -407,8 +407,10 @@ def test_push_to_hub_uploads_a_folder_that_from_pretrained_reads_back(tmp_path, 
     assert model.push_to_hub("me/elmo", revision="v1", private=True) == "https://hub.invalid/commit/1"
     assert calls == [("create", "me/elmo", True), ("branch", "me/elmo", "v1"),
                      ("upload", "me/elmo", "v1", "Upload ELMo model")]
-    assert sorted(os.listdir(uploaded)) == ["elmo_config.json", "elmo_weights.safetensors",
+    assert sorted(os.listdir(uploaded)) == ["README.md", "elmo_config.json", "elmo_weights.safetensors",
                                             "elmo_weights.safetensors.sha256"]
+    card = (uploaded / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: elmo-pytorch\n") and 'from_pretrained("me/elmo")' in card
     # what was uploaded, as the hub would serve it to from_pretrained
     _hub_cache(tmp_path / "hf", "me/elmo", {A: uploaded}, main=A)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -461,4 +463,4 @@ def test_pretrain_init_and_task_model_take_a_url(server, cache, tmp_path, tiny_c
 
     cfg = TaskConfig()
     _same(_load_elmo(Args, cfg), model)
-    assert cfg.elmo_source == f"{server.url}/init"
+    assert cfg.elmo.source == f"{server.url}/init"
