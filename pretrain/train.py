@@ -207,6 +207,10 @@ class Trainer:
         # Read the finite flag (and, under DDP, the stop vote) after every step: free on a CPU;
         # on a GPU they are read at log, evaluation and checkpoint steps only.
         self.sync_every_step = self.device.type == "cpu"
+        if self.device.type == "cuda" and config.train.precision != "fp32":
+            # The LSTM recurrence stays in float32 under autocast: let it use TF32 tensor cores
+            # (a reduced-precision run anyway; fp32 runs keep full float32 products).
+            torch.set_float32_matmul_precision("high")
         self._token_total = torch.zeros((), dtype=torch.float64, device=self.device)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite
         self._interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)
