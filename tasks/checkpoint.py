@@ -85,7 +85,7 @@ def save_weights(directory: str, model: nn.Module, cfg: TaskConfig) -> None:
     """The head's weights (atomically); a fine-tuned biLM goes to DIR/elmo again."""
     with atomic_open(os.path.join(directory, WEIGHTS_NAME), "wb") as f:
         torch.save(head_state(model), f)
-    if cfg.use_elmo and cfg.fine_tune:
+    if cfg.elmo.use and cfg.elmo.fine_tune:
         model.encoder.bilm.save_pretrained(os.path.join(directory, ELMO_DIR))
 
 
@@ -96,7 +96,7 @@ def load_model(directory: str, device: str = "cpu"):
         raise FileNotFoundError(f"{directory}: not a task model folder ({CONFIG_NAME} is missing); "
                                 "create one with: elmo-task train ... --out DIR")
     cfg = TaskConfig.load(path)
-    cfg.device = device
+    cfg.train.device = device
     task = get_task(cfg.task)
     vocab_path = os.path.join(directory, VOCAB_NAME)
     with _damaged(vocab_path):
@@ -104,7 +104,7 @@ def load_model(directory: str, device: str = "cpu"):
             vocab = json.load(f)
         words = Vocabulary(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
         labels = Vocabulary(vocab["labels"], specials=False)
-    if cfg.use_elmo:
+    if cfg.elmo.use:
         with _damaged(os.path.join(directory, ELMO_DIR)):
             bilm = ElmoBiLM.from_pretrained(os.path.join(directory, ELMO_DIR))
     else:

@@ -25,11 +25,12 @@ class Classifier(nn.Module):
     def __init__(self, cfg: TaskConfig, num_words: int, num_labels: int, bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
-        self.dropout = Dropout(cfg.dropout)
-        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout,
-                                    cfg.lstm_residual)
-        self.mlp = nn.Sequential(nn.Linear(2 * self.lstm.output_dim, cfg.mlp_dim), nn.ReLU(),
-                                 Dropout(cfg.dropout), nn.Linear(cfg.mlp_dim, num_labels))
+        head = cfg.head  # a ClassifyHead
+        self.dropout = Dropout(head.dropout)
+        self.lstm = SequenceEncoder(self.encoder.output_dim, head.hidden_dim, head.num_lstm_layers, head.dropout,
+                                    head.lstm_residual)
+        self.mlp = nn.Sequential(nn.Linear(2 * self.lstm.output_dim, head.mlp_dim), nn.ReLU(),
+                                 Dropout(head.dropout), nn.Linear(head.mlp_dim, num_labels))
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """-> label scores (B, C)."""
@@ -49,11 +50,11 @@ class Classifier(nn.Module):
 # -- task glue ---------------------------------------------------------------------------------
 def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance]:
     if path.startswith("hf:"):
-        return read_hf(path, "classify", cfg.text_column, cfg.label_column)
-    if cfg.data_format not in ("auto", "csv", "tsv", "jsonl", "folder"):
-        raise ValueError(f"classify reads data_format csv, tsv, jsonl or folder, got {cfg.data_format!r}")
-    instances = read_classification(path, cfg.text_column, cfg.label_column, cfg.tokenizer,
-                                    cfg.max_tokens, with_labels=with_targets)
+        return read_hf(path, "classify", cfg.data.text_column, cfg.data.label_column)
+    if cfg.data.format not in ("auto", "csv", "tsv", "jsonl", "folder"):
+        raise ValueError(f"classify reads data.format csv, tsv, jsonl or folder, got {cfg.data.format!r}")
+    instances = read_classification(path, cfg.data.text_column, cfg.data.label_column, cfg.data.tokenizer,
+                                    cfg.data.max_tokens, with_labels=with_targets)
     if not instances:
         raise DataError(f"{path}: no examples found")
     return instances

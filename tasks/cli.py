@@ -7,7 +7,8 @@
     elmo-task predict DIR --data F --output F [--force]
     elmo-task split FILE_OR_FOLDER --out DIR [--label-column C] [--dev 0.1] [--test 0.1] [--seed 0]
 
-``--set`` takes any field of tasks.config.TaskConfig (``--set lr=0.002 --set max_train=1000``).
+``--set`` takes any field of tasks.config.TaskConfig by its path (``--set train.lr=0.002 --set
+data.max_train=1000 --set head.hidden_dim=64``) or by its flat name of earlier versions (``lr``).
 Every head reads trainable word embeddings and a character CNN besides the ELMo mix (the paper
 adds ELMo to its baselines' input); ``--no-elmo`` trains that baseline: the same model without
 the biLM.
@@ -34,7 +35,7 @@ from elmo.io import DiskFullError, atomic_open, check_output, clean_orphans
 from tasks.cache import LayerCache
 from tasks.checkpoint import (CONFIG_NAME, ELMO_DIR, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup,
                               save_weights)
-from tasks.config import TASKS, TaskConfig, parse_set, resolve_config
+from tasks.config import TASKS, TaskConfig, nest, parse_set, resolve_config
 from tasks.data import BatchMaker, Vocabulary
 from tasks.metrics import format_conlleval
 from tasks.split import split_classification
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int,
-                   help="torch CPU threads (the num_threads field; 0 = torch's default)")
+                   help="torch CPU threads (the train.num_threads field; 0 = torch's default)")
     t.add_argument("--force", action="store_true", help="replace a model already in --out")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     t.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
@@ -95,34 +96,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> TaskConfig:
-    overrides: dict = {}
+    """The task's defaults, then the --config file (nested or the flat layout of earlier
+    versions), then each --set, then the flags."""
+    data: dict = {}
     if args.config:
         with open(args.config, encoding="utf-8") as f:
-            overrides.update(json.load(f))
-    overrides.update(parse_set(args.set))
-    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("device", "device"),
-                        ("seed", "seed"), ("threads", "num_threads")):
-        if getattr(args, flag) is not None:
-            overrides[field] = getattr(args, flag)
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--config {args.config}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object of TaskConfig fields")
+        data, ignored = nest({**data, "task": args.task})  # the command's task wins
+        if ignored:
+            logger.info("--config %s: the %s head has no %s (fields of another task's head); ignored",
+                        args.config, args.task, ", ".join(ignored))
+    data = parse_set(args.set, args.task, data)
+    flags = [("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("device", "train.device"),
+             ("seed", "train.seed"), ("threads", "train.num_threads")]
+    flags = [f"{field}={json.dumps(getattr(args, flag))}" for flag, field in flags
+             if getattr(args, flag) is not None]
     if args.fine_tune:
-        overrides["fine_tune"] = True
+        flags.append("elmo.fine_tune=true")
     if args.quiet:
-        overrides["progress"] = False
+        flags.append("train.progress=false")
     if args.no_elmo:
-        overrides["use_elmo"] = False  # the baseline: the same head and inputs without the biLM
-    return resolve_config(args.task, overrides)
+        flags.append("elmo.use=false")  # the baseline: the same head and inputs without the biLM
+    return resolve_config(args.task, parse_set(flags, args.task, data))
 
 
 def _load_elmo(args: argparse.Namespace, cfg: TaskConfig) -> Optional[ElmoBiLM]:
-    if not cfg.use_elmo:  # (the flag combinations were checked by _check_train_args)
+    if not cfg.elmo.use:  # (the flag combinations were checked by _check_train_args)
         return None
     def source(spec: str) -> str:  # a local path made absolute; a URL or hub id as given
         return os.path.abspath(spec) if os.path.exists(spec) else spec
 
     if args.model:
-        cfg.elmo_source = source(args.model)
+        cfg.elmo.source = source(args.model)
         return ElmoBiLM.from_pretrained(args.model)  # a folder, URL, hub id or release (elmo.hub)
-    cfg.elmo_source = f"{source(args.options_file)} + {source(args.weight_file)}"
+    cfg.elmo.source = f"{source(args.options_file)} + {source(args.weight_file)}"
     return load_original(args.options_file, args.weight_file)
 
 
@@ -170,11 +182,11 @@ def _warn_unseen(name: str, data: list, train_data: list) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args)
     cfg = _config(args)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
     threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
     try:
         return _train(args, cfg)
     finally:
@@ -183,35 +195,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
     task = get_task(cfg.task)
-    train_data = _subset(task.read(args.train, cfg), cfg.max_train)
-    dev_data = _subset(task.read(args.dev, cfg), cfg.max_eval)
-    test_data = _subset(task.read(args.test, cfg), cfg.max_eval) if args.test else None
+    train_data = _subset(task.read(args.train, cfg), cfg.data.max_train)
+    dev_data = _subset(task.read(args.dev, cfg), cfg.data.max_eval)
+    test_data = _subset(task.read(args.test, cfg), cfg.data.max_eval) if args.test else None
     for name, data in (("--dev " + args.dev, dev_data), ("--test " + str(args.test), test_data)):
         if data:
             _warn_unseen(name, data, train_data)
     labels = task.setup(train_data, cfg)
     train_targets = task.targets(train_data, cfg)
-    words = (Vocabulary.words([x.tokens for x in train_data], cfg.min_word_count, cfg.lowercase_words)
-             if cfg.word_dim > 0 else None)
+    head = cfg.head
+    words = (Vocabulary.words([x.tokens for x in train_data], head.min_word_count, head.lowercase_words)
+             if head.word_dim > 0 else None)
     bilm = _load_elmo(args, cfg)
     if bilm is not None:
-        bilm.to(torch.device(cfg.device))
+        bilm.to(torch.device(cfg.train.device))
     save_setup(args.out, cfg, words, labels, bilm)  # the resolved config, before step 1
     logger.info("%s: %d train / %d dev%s examples, %d labels, %s", cfg.task, len(train_data), len(dev_data),
                 f" / {len(test_data)} test" if test_data else "", len(labels),
-                f"ELMo from {cfg.elmo_source}" if bilm is not None else "no ELMo (baseline)")
+                f"ELMo from {cfg.elmo.source}" if bilm is not None else "no ELMo (baseline)")
 
     cache = None
-    if bilm is not None and not cfg.fine_tune and cfg.cache != "none":
-        path = (cfg.cache_file or os.path.join(args.out, "elmo_cache.h5")) if cfg.cache == "hdf5" else None
-        cache = LayerCache(bilm, path, cfg.cache_dtype, cfg.elmo_batch_size, cfg.progress)
+    if bilm is not None and not cfg.elmo.fine_tune and cfg.elmo.cache != "none":
+        path = ((cfg.elmo.cache_file or os.path.join(args.out, "elmo_cache.h5")) if cfg.elmo.cache == "hdf5"
+                else None)
+        cache = LayerCache(bilm, path, cfg.elmo.cache_dtype, cfg.elmo.batch_size, cfg.train.progress)
         started = time.perf_counter()
         every = train_data + dev_data + (test_data or [])
         n = cache.fill(x.tokens for x in every)
         logger.info("ELMo layer cache: %d sentences computed in %.1f s (%d cached)", n,
                     time.perf_counter() - started, len(cache))
     model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
-    maker = BatchMaker(words, labels, cfg.lowercase_words, model.encoder.needs_chars(cache is not None), cache)
+    maker = BatchMaker(words, labels, head.lowercase_words, model.encoder.needs_chars(cache is not None), cache)
     summary = train(model, task, cfg, train_targets, dev_data, maker, labels,
                     log_path=os.path.join(args.out, "metrics.jsonl"),
                     on_best=lambda m, epoch, scores: save_weights(args.out, m, cfg))
@@ -241,9 +255,9 @@ def _read_for_prediction(task, cfg: TaskConfig, path: str):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
-    cfg.progress = not args.quiet
+    cfg.train.progress = not args.quiet
     data = task.read(args.data, cfg)
-    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars())
+    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars())
     scores, _ = evaluate(model, task, data, maker, labels, cfg)
     if args.json:
         print(json.dumps({"task": cfg.task, "data": args.data, "metric": task.METRIC, **scores}))
@@ -263,9 +277,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_output(args.output, inputs=[args.data, *model_files], force=args.force, what="--output")
     clean_orphans(os.path.dirname(os.path.abspath(args.output)), glob.escape(os.path.basename(args.output)))
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
-    cfg.progress = not args.quiet
+    cfg.train.progress = not args.quiet
     data = _read_for_prediction(task, cfg, args.data)
-    maker = BatchMaker(words, labels, cfg.lowercase_words, need_chars=model.encoder.needs_chars())
+    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars())
     predictions = task.decode(predict(model, data, maker, cfg), labels, cfg)
     with atomic_open(args.output, "w") as f:
         task.write(data, predictions, f)

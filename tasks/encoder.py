@@ -51,27 +51,27 @@ class Dropout(nn.Module):
 class TokenEncoder(nn.Module):
     def __init__(self, cfg: TaskConfig, num_words: int, bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
-        if cfg.use_elmo and bilm is None:
+        if cfg.elmo.use and bilm is None:
             raise ValueError("use_elmo is set but no ELMo model was given")
-        self.fine_tune = cfg.fine_tune
-        self.bilm = bilm if cfg.use_elmo else None
+        self.fine_tune = cfg.elmo.fine_tune
+        self.bilm = bilm if cfg.elmo.use else None
         self.scalar_mix = None
         self.output_dim = 0
         if self.bilm is not None:
             for p in self.bilm.parameters():
-                p.requires_grad_(cfg.fine_tune)
-            self.scalar_mix = ScalarMix(self.bilm.num_layers, do_layer_norm=cfg.do_layer_norm)
+                p.requires_grad_(cfg.elmo.fine_tune)
+            self.scalar_mix = ScalarMix(self.bilm.num_layers, do_layer_norm=cfg.elmo.do_layer_norm)
             self.output_dim += self.bilm.output_dim
-        self.elmo_dropout = Dropout(cfg.elmo_dropout)
+        self.elmo_dropout = Dropout(cfg.elmo.dropout)
         self.word_embedding = None
-        if cfg.word_dim > 0:
-            self.word_embedding = nn.Embedding(num_words, cfg.word_dim, padding_idx=0)
-            self.output_dim += cfg.word_dim
+        if cfg.head.word_dim > 0:
+            self.word_embedding = nn.Embedding(num_words, cfg.head.word_dim, padding_idx=0)
+            self.output_dim += cfg.head.word_dim
         self.char_cnn = None
-        if cfg.char_dim > 0:
-            self.char_cnn = CharCNN(CharCNNConfig(embedding_dim=16, filters=cfg.char_filter_pairs(),
-                                                  n_highway=1), cfg.char_dim)
-            self.output_dim += cfg.char_dim
+        if cfg.head.char_dim > 0:
+            self.char_cnn = CharCNN(CharCNNConfig(embedding_dim=16, filters=cfg.head.char_filter_pairs(),
+                                                  n_highway=1), cfg.head.char_dim)
+            self.output_dim += cfg.head.char_dim
         if self.output_dim == 0:
             raise ValueError("the task model has no input features: enable ELMo, word_dim or char_dim")
         self.bilm_calls = 0  # biLM forward passes run by this encoder (not by a cache)

@@ -30,11 +30,12 @@ class CrfTagger(nn.Module):
                  bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
-        self.dropout = Dropout(cfg.dropout)
-        self.lstm = SequenceEncoder(self.encoder.output_dim, cfg.hidden_dim, cfg.num_lstm_layers, cfg.dropout,
-                                    cfg.lstm_residual)
+        head = cfg.head  # a NerHead
+        self.dropout = Dropout(head.dropout)
+        self.lstm = SequenceEncoder(self.encoder.output_dim, head.hidden_dim, head.num_lstm_layers, head.dropout,
+                                    head.lstm_residual)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
-        self.crf = ConditionalRandomField(len(labels), allowed_transitions(labels, cfg.tag_scheme))
+        self.crf = ConditionalRandomField(len(labels), allowed_transitions(labels, head.tag_scheme))
 
     def emissions(self, batch: Batch) -> torch.Tensor:
         """-> tag scores (B, T, K)."""
@@ -54,9 +55,9 @@ class CrfTagger(nn.Module):
 def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance]:
     if path.startswith("hf:"):
         return read_hf(path, "ner")
-    if cfg.data_format not in ("auto", "conll2003"):
-        raise ValueError(f"ner reads data_format conll2003, got {cfg.data_format!r}")
-    instances = read_conll2003(path, cfg.tag_column, with_tags=with_targets)
+    if cfg.data.format not in ("auto", "conll2003"):
+        raise ValueError(f"ner reads data.format conll2003, got {cfg.data.format!r}")
+    instances = read_conll2003(path, cfg.data.tag_column, with_tags=with_targets)
     if not instances:
         raise DataError(f"{path}: no sentences found")
     return instances
@@ -64,14 +65,14 @@ def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance
 
 def setup(train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary:
     """Record the data's scheme in ``cfg`` and return the label vocabulary of the model's scheme."""
-    cfg.data_scheme = cfg.data_scheme or detect_scheme([x.tags for x in train])
+    cfg.data.scheme = cfg.data.scheme or detect_scheme([x.tags for x in train])
     types = {split_tag(t)[1] for x in train for t in x.tags if t != "O"}
-    return Vocabulary(scheme_labels(sorted(types), cfg.tag_scheme), specials=False)
+    return Vocabulary(scheme_labels(sorted(types), cfg.head.tag_scheme), specials=False)
 
 
 def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
     """Instances with their tags in the model's scheme."""
-    return [Instance(x.tokens, tags=convert(x.tags, cfg.tag_scheme), source=x.source) for x in instances]
+    return [Instance(x.tokens, tags=convert(x.tags, cfg.head.tag_scheme), source=x.source) for x in instances]
 
 
 def build(cfg: TaskConfig, num_words: int, labels: Vocabulary, bilm: Optional[ElmoBiLM]) -> CrfTagger:
@@ -79,7 +80,7 @@ def build(cfg: TaskConfig, num_words: int, labels: Vocabulary, bilm: Optional[El
 
 
 def decode(predicted: Sequence[list[int]], labels: Vocabulary, cfg: TaskConfig) -> list[list[str]]:
-    scheme = cfg.data_scheme or "bio"
+    scheme = cfg.data.scheme or "bio"
     return [convert([labels.items[k] for k in p], scheme) for p in predicted]
 
 

@@ -32,10 +32,11 @@ class SrlTagger(nn.Module):
                  bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         self.encoder = TokenEncoder(cfg, num_words, bilm)
-        self.predicate_embedding = nn.Embedding(2, cfg.predicate_dim)
-        self.dropout = Dropout(cfg.dropout)
-        self.lstm = SequenceEncoder(self.encoder.output_dim + cfg.predicate_dim, cfg.hidden_dim,
-                                    cfg.num_lstm_layers, cfg.dropout, cfg.lstm_residual)
+        head = cfg.head  # an SrlHead
+        self.predicate_embedding = nn.Embedding(2, head.predicate_dim)
+        self.dropout = Dropout(head.dropout)
+        self.lstm = SequenceEncoder(self.encoder.output_dim + head.predicate_dim, head.hidden_dim,
+                                    head.num_lstm_layers, head.dropout, head.lstm_residual)
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
         trans, start, end = constraint_scores(allowed_transitions(labels, "bio"))
         self.register_buffer("transitions", trans, persistent=False)
@@ -60,10 +61,10 @@ class SrlTagger(nn.Module):
 
 # -- task glue ---------------------------------------------------------------------------------
 def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance]:
-    """CoNLL-2012 ``*_conll`` (``data_format`` conll2012, or auto) or CoNLL-2005 props (conll2005).
+    """CoNLL-2012 ``*_conll`` (``data.format`` conll2012, or auto) or CoNLL-2005 props (conll2005).
 
     Prediction needs the predicates, so SRL input files always carry their argument columns."""
-    fmt = cfg.data_format
+    fmt = cfg.data.format
     if fmt == "auto":
         fmt = "conll2012" if path.endswith(("_conll", ".conll", ".gold_conll")) else "conll2005"
     if fmt == "conll2012":
@@ -71,14 +72,14 @@ def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance
     elif fmt == "conll2005":
         instances = read_conll2005_props(path)
     else:
-        raise ValueError(f"srl reads data_format conll2012 or conll2005, got {cfg.data_format!r}")
+        raise ValueError(f"srl reads data.format conll2012 or conll2005, got {cfg.data.format!r}")
     if not instances:
         raise DataError(f"{path}: no predicates (frames) found")
     return instances
 
 
 def setup(train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary:
-    cfg.data_scheme = "bio"
+    cfg.data.scheme = "bio"
     types = {split_tag(t)[1] for x in train for t in x.tags if t != "O"}
     return Vocabulary(scheme_labels(sorted(types), "bio"), specials=False)
 

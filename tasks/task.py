@@ -7,7 +7,7 @@ strings and scores, and its ``build`` makes the head (an ``nn.Module`` with ``lo
 ``predict(batch)``). The flow through one training run::
 
     read(path, cfg) -> instances            (gold tags or labels in the data's own scheme)
-    setup(train, cfg) -> labels             (the label vocabulary; may set cfg.data_scheme)
+    setup(train, cfg) -> labels             (the label vocabulary; may set cfg.data.scheme)
     targets(train, cfg) -> instances        (targets in the model's scheme, e.g. BIOUL)
     build(cfg, num_words, labels, bilm) -> head
     decode(head outputs, labels, cfg) -> predictions as strings (the data's scheme)

@@ -33,12 +33,12 @@ def predict(model: nn.Module, instances: Sequence[Instance], maker: BatchMaker, 
             desc: str = "predict") -> list:
     """Model outputs (tag id lists or label ids) for every instance, in the instances' order."""
     model.eval()
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.train.device)
     out: list = [None] * len(instances)
-    batches = maker.batches(instances, cfg.batch_size, with_targets=False)
+    batches = maker.batches(instances, cfg.train.batch_size, with_targets=False)
     with torch.no_grad():
-        for batch in tqdm(batches, total=num_batches(len(instances), cfg.batch_size), desc=desc,
-                          unit="batch", leave=False, disable=not cfg.progress):
+        for batch in tqdm(batches, total=num_batches(len(instances), cfg.train.batch_size), desc=desc,
+                          unit="batch", leave=False, disable=not cfg.train.progress):
             for i, p in zip(batch.index, model.predict(batch.to(device))):
                 out[i] = p
     return out
@@ -88,11 +88,11 @@ def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence
     after epoch 1; early stopping's patience is not counted then). Returns {"best_epoch",
     "best_dev_<metric>", "epochs"}.
     """
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.train.device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adam(params, cfg.lr)
-    rng = random.Random(cfg.seed)
+    optimizer = make_adam(params, cfg.train.lr)
+    rng = random.Random(cfg.train.seed)
     metric = task.METRIC
     best, best_epoch, best_state, bad_epochs = float("-inf"), 0, None, 0
     start_value, moved = None, False  # patience counts once the dev metric has left epoch 1's value
@@ -102,21 +102,21 @@ def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence
     log = open(log_path, "w", encoding="utf-8") if log_path else None
     epoch = 0
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, cfg.train.epochs + 1):
             started, calls_before = time.perf_counter(), bilm_calls[0]
             model.train()
             total, steps = 0.0, 0
-            batches = maker.batches(train_targets, cfg.batch_size, shuffle=True, rng=rng)
-            bar = tqdm(batches, total=num_batches(len(train_targets), cfg.batch_size),
-                       desc=f"epoch {epoch}", unit="batch", leave=False, disable=not cfg.progress)
+            batches = maker.batches(train_targets, cfg.train.batch_size, shuffle=True, rng=rng)
+            bar = tqdm(batches, total=num_batches(len(train_targets), cfg.train.batch_size),
+                       desc=f"epoch {epoch}", unit="batch", leave=False, disable=not cfg.train.progress)
             for batch in bar:
                 loss = model.loss(batch.to(device))
-                if cfg.use_elmo and cfg.mix_l2 > 0:
-                    loss = loss + cfg.mix_l2 * model.encoder.mix_penalty()
+                if cfg.elmo.use and cfg.elmo.mix_l2 > 0:
+                    loss = loss + cfg.elmo.mix_l2 * model.encoder.mix_penalty()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
-                    clip_grad_norm(params, cfg.grad_clip)
+                if cfg.train.grad_clip > 0:
+                    clip_grad_norm(params, cfg.train.grad_clip)
                 optimizer.step()
                 total, steps = total + float(loss.detach()), steps + 1
                 bar.set_postfix(loss=f"{total / steps:.4f}")
@@ -134,7 +134,7 @@ def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence
             moved = moved or scores[metric] != start_value
             if improved:
                 best, best_epoch, bad_epochs = scores[metric], epoch, 0
-                best_state = head_state(model, include_bilm=cfg.fine_tune)
+                best_state = head_state(model, include_bilm=cfg.elmo.fine_tune)
                 if on_best is not None:
                     on_best(model, epoch, scores)
             elif moved:
@@ -151,7 +151,7 @@ def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence
             if log:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if bad_epochs >= cfg.patience:
+            if bad_epochs >= cfg.train.patience:
                 logger.info("no dev improvement for %d epochs: stopping early", bad_epochs)
                 break
         if epoch > 1 and not moved:

@@ -5,7 +5,7 @@ import pytest
 
 from elmo.config import ElmoConfig, set_field
 from pretrain.config import PretrainConfig
-from tasks.config import TaskConfig, parse_set
+from tasks.config import TaskConfig, apply_set, parse_set
 
 
 def test_pretraining_paths_and_values():
@@ -24,9 +24,15 @@ def test_pretraining_paths_and_values():
 def test_task_fields_and_values():
     assert parse_set(["lr=0.002", "use_elmo=false", "fine_tune=yes", "max_train=1000", "label_column=0",
                       "char_filters=1:4,2:4", "cache_file="]) == {
-        "lr": 0.002, "use_elmo": False, "fine_tune": True, "max_train": 1000, "label_column": "0",
-        "char_filters": "1:4,2:4", "cache_file": ""}
-    assert TaskConfig().with_override("hidden_dim=64").hidden_dim == 64
+        "train": {"lr": 0.002}, "elmo": {"use": False, "fine_tune": True, "cache_file": ""},
+        "data": {"max_train": 1000, "label_column": "0"}, "head": {"char_filters": "1:4,2:4"}}
+    # the dotted paths give the same
+    assert parse_set(["train.lr=0.002", "elmo.use=false", "elmo.fine_tune=yes", "data.max_train=1000",
+                      "data.label_column=0", "head.char_filters=1:4,2:4", "elmo.cache_file="]) == \
+        parse_set(["lr=0.002", "use_elmo=false", "fine_tune=yes", "max_train=1000", "label_column=0",
+                   "char_filters=1:4,2:4", "cache_file="])
+    assert TaskConfig().with_override("hidden_dim=64").head.hidden_dim == 64
+    assert TaskConfig().with_override("head.hidden_dim=64").head.hidden_dim == 64
 
 
 @pytest.mark.parametrize("cls, data, assignment, message", [
@@ -42,7 +48,10 @@ def test_task_fields_and_values():
 ])
 def test_errors_name_the_field(cls, data, assignment, message):
     with pytest.raises(ValueError, match=message):
-        set_field(cls, data, assignment)
+        if cls is TaskConfig:  # the task config's --set: set_field plus the flat names and the head's class
+            apply_set(data, "ner", assignment)
+        else:
+            set_field(cls, data, assignment)
 
 
 def test_one_set_of_value_checks_for_every_config():
@@ -67,6 +76,6 @@ def test_one_set_of_value_checks_for_every_config():
     with pytest.raises(ValueError, match=r"optim.dropout must be in \[0, 1\), got 1.0"):
         PretrainConfig().with_override("optim.dropout=1.0")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
-        TaskConfig(dropout=1.0)
+        TaskConfig.from_dict({"dropout": 1.0})
     with pytest.raises(ValueError, match=r"cache must be one of \['memory', 'hdf5', 'none'\], got 'disk'"):
-        TaskConfig(cache="disk")
+        TaskConfig.from_dict({"cache": "disk"})

@@ -59,8 +59,9 @@ def test_ner_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     assert sorted(os.listdir(out)) == sorted(["task_config.json", "vocab.json", "model.pt", "metrics.jsonl",
                                               "results.json"] + (["elmo"] if elmo else []))
     cfg = json.load(open(os.path.join(out, "task_config.json")))
-    assert (cfg["task"], cfg["tag_scheme"], cfg["data_scheme"], cfg["use_elmo"]) == ("ner", "bioul", "bio", elmo)
-    assert cfg["char_dim"] == 6 and cfg["word_dim"] == 8
+    assert sorted(cfg) == ["data", "elmo", "head", "task", "train"]
+    assert (cfg["task"], cfg["head"]["tag_scheme"], cfg["data"]["scheme"], cfg["elmo"]["use"]) == ("ner", "bioul", "bio", elmo)
+    assert cfg["head"]["char_dim"] == 6 and cfg["head"]["word_dim"] == 8
     log = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert all(r["bilm_calls"] == 0 for r in log)  # cached layers: training never runs the biLM
@@ -107,7 +108,7 @@ def test_uncached_and_fine_tuned_runs_call_the_biLM(tmp_path, capsys, elmo_dir):
     changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
     assert changed  # the fine-tuned biLM was saved in the model folder
     cfg, task, words, labels, model = load_model(out)
-    assert cfg.fine_tune and torch.equal(model.encoder.bilm.state_dict()[changed[0]], tuned.state_dict()[changed[0]])
+    assert cfg.elmo.fine_tune and torch.equal(model.encoder.bilm.state_dict()[changed[0]], tuned.state_dict()[changed[0]])
     out = str(tmp_path / "hdf5")
     run(capsys, ["train", "ner", "--train", train, "--dev", dev, "--out", out, "--model", elmo_dir,
                  "--epochs", "1", "--set", "cache=hdf5", *SMALL])
@@ -181,7 +182,7 @@ def test_original_weight_files_are_copied_into_the_model_folder(tmp_path, capsys
     run(capsys, ["train", "ner", "--train", train, "--dev", train, "--out", out, "--options-file", options,
                  "--weight-file", weights, "--epochs", "1", *SMALL])
     cfg = json.load(open(os.path.join(out, "task_config.json")))
-    assert options in cfg["elmo_source"] and weights in cfg["elmo_source"]
+    assert options in cfg["elmo"]["source"] and weights in cfg["elmo"]["source"]
     copy = ElmoBiLM.from_pretrained(os.path.join(out, "elmo"))
     ids = batch_to_ids([["Ann", "went", "to", "Oslo"]])
     bilm.eval(), copy.eval()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tasks.cli import main
-from tasks.config import TaskConfig
+from tasks.config import ElmoUseConfig, TaskConfig, TrainConfig
 from tasks.readers import DataError, read_classification, read_conll2003
 from tasks.train import train
 
@@ -189,8 +189,8 @@ class _Maker:
 def test_patience_counts_once_the_dev_metric_has_left_its_start(values, epochs, caplog):
     from tasks.readers import Instance
 
-    cfg = TaskConfig(task="classify", use_elmo=False, patience=2, epochs=len(values), progress=False,
-                     mix_l2=0.0)
+    cfg = TaskConfig(task="classify", elmo=ElmoUseConfig(use=False, mix_l2=0.0),
+                     train=TrainConfig(patience=2, epochs=len(values), progress=False))
     data = [Instance(["a"], label="x")]
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         summary = train(_Head(), _Scripted(values), cfg, data, data, _Maker(), None)
@@ -204,7 +204,8 @@ def test_patience_counts_once_the_dev_metric_has_left_its_start(values, epochs, 
 def test_a_run_that_never_learns_says_so(caplog):
     from tasks.readers import Instance
 
-    cfg = TaskConfig(task="classify", use_elmo=False, patience=2, epochs=6, progress=False, mix_l2=0.0)
+    cfg = TaskConfig(task="classify", elmo=ElmoUseConfig(use=False, mix_l2=0.0),
+                     train=TrainConfig(patience=2, epochs=6, progress=False))
     data = [Instance(["a"], label="x")]
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         summary = train(_Head(), _Scripted([0.0] * 6), cfg, data, data, _Maker(), None)
@@ -234,12 +235,17 @@ def test_residual_deep_bilstm_adds_each_later_layer_input():
 def test_srl_defaults_use_the_residual_stack_and_old_configs_load_without_it(tmp_path):
     from tasks.config import resolve_config
 
-    assert resolve_config("srl", {}).lstm_residual is True
-    assert resolve_config("ner", {}).lstm_residual is False
-    old = resolve_config("srl", {}).to_dict()
+    from tasks.config import FLAT_NAMES
+
+    assert resolve_config("srl", {}).head.lstm_residual is True
+    assert resolve_config("ner", {}).head.lstm_residual is False
+    nested = resolve_config("srl", {}).to_dict()
+    old = {name: nested[path.split(".")[0]].get(path.split(".")[1]) for name, path in FLAT_NAMES.items()}
+    old = {"task": "srl", **{k: v for k, v in old.items() if v is not None}}  # the flat layout of then
+    assert old["hidden_dim"] == 300 and "predicate_dim" in old and "mlp_dim" not in old
     del old["lstm_residual"]  # a task_config.json written before the field existed
     (tmp_path / "task_config.json").write_text(json.dumps(old))
-    assert TaskConfig.load(tmp_path / "task_config.json").lstm_residual is False
+    assert TaskConfig.load(tmp_path / "task_config.json").head.lstm_residual is False
 
 
 def test_every_task_module_follows_the_task_protocol():
@@ -269,7 +275,7 @@ def test_orphaned_temporary_files_are_removed_at_the_next_run(model_dir, tmp_pat
     open(orphan, "wb").write(b"half a model")
     assert main(["train", "ner", "--train", data, "--dev", data, "--out", copy, "--force", "--no-elmo",
                  "--epochs", "1", *SMALL, "--threads", "1"]) == 0
-    assert json.load(open(os.path.join(copy, "task_config.json")))["num_threads"] == 1  # --threads
+    assert json.load(open(os.path.join(copy, "task_config.json")))["train"]["num_threads"] == 1  # --threads
     assert not os.path.exists(orphan)
     pred = tmp_path / "pred.txt"
     stale = tmp_path / f"pred.txt.tmp.{dead}"
