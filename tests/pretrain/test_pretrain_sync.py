@@ -74,9 +74,10 @@ def make_trainer(monkeypatch, device_path=True, steps=100, **sections):
     torch.manual_seed(0)
     lm = BidirectionalLM(config.model, len(vocab), config.softmax)
     trainer = Trainer(lm, WindowBatcher(corpus, table, 4, 6, 0), config, steps)
-    if device_path:  # what a GPU does: no value reads in the library, flags read at intervals
+    if device_path:  # what a GPU does: no value reads in the library, flags read at intervals,
         monkeypatch.setattr(elmo.sync, "may_sync", lambda tensor: False)
         trainer.sync_every_step = False
+        lm.bilm.bilm.set_gemm("plain")  # and torch's own products (the CPU kernels are CPU-only)
     return trainer
 
 
