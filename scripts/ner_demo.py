@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     common = ["--train", os.path.join(args.data, "train.txt"), "--dev", os.path.join(args.data, "valid.txt"),
               "--test", os.path.join(args.data, "test.txt"), "--epochs", str(args.epochs),
-              "--set", f"max_train={args.max_train}", "--set", f"max_eval={args.max_eval}", "--quiet"]
-    for s in args.set + ([f"num_threads={args.threads}"] if args.threads else []):
+              "--set", f"data.max_train={args.max_train}", "--set", f"data.max_eval={args.max_eval}", "--quiet"]
+    for s in args.set + ([f"train.num_threads={args.threads}"] if args.threads else []):
         common += ["--set", s]
     rows = []
     for name, source in (("ELMo", ["--model", args.model]), ("no ELMo", ["--no-elmo"])):

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     conll = os.path.join(args.data, "conll2003")
     splits = {"ner": {"train": os.path.join(conll, "train.txt"), "dev": os.path.join(conll, "valid.txt"),
                       "test": os.path.join(conll, "test.txt")}}
-    extra = {"ner": [], "polarity": ["--set", "text_column=1", "--set", "label_column=0"]}
+    extra = {"ner": [], "polarity": ["--set", "data.text_column=1", "--set", "data.label_column=0"]}
     if "polarity" in names:
         splits["polarity"] = json.loads(run(["split", os.path.join(args.data, "polarity", "pang_lee_sentences.csv"),
                                              "--out", os.path.join(args.out, "polarity"), "--label-column", "0"]))
@@ -87,9 +87,9 @@ def main(argv=None) -> int:
                                       + (f"_seed{seed}" if seed else ""))
                 started = time.perf_counter()
                 if args.force or not os.path.isfile(os.path.join(folder, "results.json")):
-                    sets = [x for s in args.set for x in ("--set", s)] + ["--set", f"seed={seed}"]
+                    sets = [x for s in args.set for x in ("--set", s)] + ["--set", f"train.seed={seed}"]
                     if args.threads:
-                        sets += ["--set", f"num_threads={args.threads}"]
+                        sets += ["--set", f"train.num_threads={args.threads}"]
                     run(["train", task, "--train", files["train"], "--dev", files["dev"], "--test", files["test"],
                          "--out", folder, "--force", *source, *extra[name], *sets, "--quiet"])
                 with open(os.path.join(folder, "results.json")) as f:

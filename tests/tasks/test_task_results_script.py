@@ -71,7 +71,7 @@ def test_seeds_table_and_reuse(tmp_path, capsys, data_and_model):
     # each seed's model was trained with that seed
     for folder, seed in (("ner_base", 0), ("ner_base_seed1", 1)):
         with open(os.path.join(out, folder, "task_config.json")) as f:
-            assert json.load(f)["seed"] == seed
+            assert json.load(f)["train"]["seed"] == seed
 
     # a second run reuses the finished models (no training) and gives the same scores
     stamp = os.path.getmtime(os.path.join(out, "ner_elmo_seed1", "model.pt"))
