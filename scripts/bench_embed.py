@@ -2,7 +2,7 @@
 
     python scripts/bench_embed.py [--configs small original] [--threads 2] [--runs 7]
                                   [--file-sentences 400] [--dtypes float32 bfloat16] [--no-peer]
-                                  [--onnx]
+                                  [--onnx] [--device cuda] [--markdown docs/benchmarks.md]
 
 For each size (SMALL = the released 2x1024_128_2048cnn_1xhighway, ORIGINAL = 2x4096_512_2048cnn_
 2xhighway), random weights are written once in the original layout (options.json + HDF5, seed 0)
@@ -22,7 +22,11 @@ and used by both implementations:
 
 Each measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
 The AllenNLP side runs when its environment exists (shared/peers/allennlp-elmo/setup.sh, default
-/tmp/refenv). Prints one table; the README quotes it.
+/tmp/refenv). ``--device cuda`` times only the featurizer on that device (``worker_gpu``: no peer,
+no file; float32 and bfloat16; neither ``datasets`` nor the peer is imported). Prints one table;
+``--markdown FILE`` also writes it, with the command, commit, machine and configuration, as the
+``embed-cpu`` (or ``embed-cuda``) section of FILE (docs/benchmarks.md). The helpers shared with the
+other bench scripts are in scripts/benchlib.py.
 """
 
 from __future__ import annotations
@@ -32,35 +36,21 @@ import json
 import os
 import random
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER_DIR = os.path.join(ROOT, "..", "shared", "peers", "allennlp-elmo")
-REFENV = os.environ.get("REFENV", "/tmp/refenv")
-PEER_NAMES = {"small": "small", "original": "full"}  # the peer scripts' names for the sizes
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import PEER_DIR, ROOT, peak_mib  # noqa: E402,F401
 
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+SIZES = ("small", "original")
 
 
 def make_batch(n_sent: int = 32, lo: int = 20, hi: int = 30, seed: int = 0) -> list:
     """The peer's benchmark batch: words of <= 20 characters from its sentences.txt."""
-    path = os.path.join(PEER_DIR, "sentences.txt")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            vocab = sorted({t for line in f for t in line.split() if len(t) <= 20})
-    else:  # without the peer folder: a fixed pseudo-vocabulary
-        rng0 = random.Random(1)
-        vocab = sorted({"".join(rng0.choice("abcdefghij") for _ in range(rng0.randint(1, 9)))
-                        for _ in range(2000)})
-    rng = random.Random(seed)
-    return [[rng.choice(vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n_sent)]
+    return benchlib.peer_sentences(n_sent, lo, hi, seed)
 
 
 def make_file(path: str, n: int) -> None:
@@ -84,24 +74,8 @@ def make_file(path: str, n: int) -> None:
 
 
 def ensure_weights(size: str, weights_dir: str) -> tuple[str, str]:
-    """Seeded random weights in the original layout, named as the peer scripts expect."""
-    name = PEER_NAMES[size]
-    options = os.path.join(weights_dir, f"{name}_options.json")
-    weights = os.path.join(weights_dir, f"{name}_weights.hdf5")
-    if not (os.path.exists(options) and os.path.exists(weights)):
-        import torch
-
-        from elmo import ElmoBiLM, preset, save_original
-
-        torch.manual_seed(0)
-        model = ElmoBiLM(preset(size))
-        with torch.no_grad():  # a non-trivial bias, so the LSTM gates are not all centred
-            for name_, p in model.named_parameters():
-                if name_.endswith("input_bias"):
-                    p.normal_(0, 0.2)
-        os.makedirs(weights_dir, exist_ok=True)
-        save_original(model, options, weights)
-    return options, weights
+    """Seeded random weights in the original layout (LSTM input biases ~ N(0, 0.2))."""
+    return benchlib.ensure_weights(size, weights_dir, bias_std=0.2)
 
 
 # -- the featurizer on a GPU (scripts/gpu_check.sh; issue 17) ---------------------------------------
@@ -127,7 +101,7 @@ def worker_gpu(spec: dict) -> dict:
         pass
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        benchlib.sync(device)
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in embedder.embed_sentences(sentences, output="top"):
@@ -136,22 +110,15 @@ def worker_gpu(spec: dict) -> dict:
     batches = [embedder._inputs([sentences[i] for i in b]) + ([len(sentences[i]) for i in b],)
                for b in embedder._batches(sentences, spec["batch"])]
     with torch.inference_mode():
-        _sync_device(device)
+        benchlib.sync(device)
         t0 = time.perf_counter()
         for tokens, vectors, lengths in batches:
             embedder._forward(tokens, token_vectors=vectors, lengths=lengths)
-        _sync_device(device)
+        benchlib.sync(device)
         model_s = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mib()
+    peak = peak_mib(spec["device"])
     return {"tokens": n_tok, "tokens_per_s": n_tok / e2e, "model_tokens_per_s": n_tok / model_s,
             "warmup_s": warmup_s, "peak_mib": peak}
-
-
-def _sync_device(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def gpu_specs(args) -> list:
@@ -165,16 +132,7 @@ def gpu_specs(args) -> list:
 
 def run_gpu_worker(spec: dict, timeout: float) -> dict:
     """One GPU-table measurement in a fresh process; a failure or timeout comes back as "error"."""
-    import subprocess
-
-    try:
-        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:160].replace("|", "/")}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_worker(__file__, spec, timeout=timeout, keep_going=True)
 
 
 def gpu_table(args) -> list[str]:
@@ -264,33 +222,14 @@ def ort_version() -> str:
 
 
 def run_worker(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_worker(__file__, spec)
 
 
 def run_peer_batch(size: str, weights_dir: str, runs: int, threads: int) -> dict | None:
-    cmd = [os.path.join(REFENV, "bin", "python"), os.path.join(PEER_DIR, "bench_reference.py"),
-           "--configs", PEER_NAMES[size], "--mode", "infer", "--weights-dir", weights_dir,
-           "--runs", str(runs), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"([\d.]+) tokens/s median.*peak RSS (\d+) MiB", out.stdout)
-    if out.returncode != 0 or not m:
-        print(f"# AllenNLP batch run failed: {out.stderr[-500:]}", file=sys.stderr)
-        return None
-    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+    return benchlib.run_peer_bench("infer", size, weights_dir, runs, threads)
 
 
-def run_peer_file(options: str, weights: str, src: str, dst: str, threads: int) -> dict | None:
-    cmd = [os.path.join(REFENV, "bin", "python"), os.path.join(PEER_DIR, "run_reference.py"),
-           "--options", options, "--weights", weights, "--input", src, "--output", dst,
-           "--batch-size", "64", "--stateless", "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"\(([\d.]+) tokens/s\), peak RSS (\d+) MiB", out.stderr)
-    if out.returncode != 0 or not m:
-        print(f"# AllenNLP file run failed: {out.stderr[-500:]}", file=sys.stderr)
-        return None
-    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+run_peer_file = benchlib.run_peer_file
 
 
 def max_diff_hdf5(a: str, b: str) -> float:
@@ -308,7 +247,7 @@ def max_diff_hdf5(a: str, b: str) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["small", "original"],
-                    choices=["tiny", *PEER_NAMES], help="sizes (tiny: the GPU table only)")
+                    choices=["tiny", *SIZES], help="sizes (tiny: the GPU table only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--file-sentences", type=int, default=400)
@@ -325,17 +264,28 @@ def main(argv=None) -> int:
     gpu.add_argument("--compile", action="store_true", help="also Embedder(compile=True)")
     gpu.add_argument("--worker-timeout", type=float, default=240.0)
     gpu.add_argument("--gpu-only", action="store_true", help="the GPU table on --device cpu (a dry run)")
+    benchlib.add_output_flags(ap, None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     if args.device != "cpu" or args.gpu_only:
-        print("\n".join(gpu_table(args)))
+        lines = gpu_table(args)
+        if args.markdown:
+            device = args.device.split(":")[0]
+            section = args.section or (f"embed-{device}" if device != "cpu" else "embed-gpu-path-on-cpu")
+            config = (f"sizes {', '.join(args.configs)}, random weights (seed 0); dtypes {', '.join(args.dtypes)}"
+                      f"{', also compiled' if args.compile else ''}; {args.gpu_sentences:,} sentences of "
+                      f"5-40 tokens in batches of {args.gpu_batch}; end to end = Embedder.embed_sentences "
+                      "(char ids on the host, copies back), model-only = the same batches already on the "
+                      "device, one synchronisation at each end.")
+            benchlib.write_section(args.markdown, section, benchlib.section_text(
+                section, f"The featurizer on {args.device}", benchlib.command_line(__file__, argv), config,
+                lines[1:], device=args.device, threads=args.threads))
         return 0
 
-    peer = not args.no_peer and os.path.exists(os.path.join(REFENV, "bin", "python")) \
-        and os.path.isdir(PEER_DIR)
+    peer = not args.no_peer and benchlib.peer_available()
     import torch
 
     print(f"# torch {torch.__version__}, {args.threads} threads, cpu capability "
@@ -357,7 +307,7 @@ def main(argv=None) -> int:
                 import numpy as np
 
                 a, b = np.load(ref_top), np.load(spec["save"])
-                err = f"max |err| {np.abs(a - b).max():.3g} (max |x| {np.abs(a).max():.3g})"
+                err = f"max abs err {np.abs(a - b).max():.3g} (max abs x {np.abs(a).max():.3g})"
             rows.append((size, f"batch 32x20-30 ({r['tokens']} tok)", dtype, r["tokens_per_s"],
                          peer_batch["tokens_per_s"] if peer_batch else None, r["peak_mib"],
                          peer_batch["peak_mib"] if peer_batch else None, err))
@@ -383,18 +333,30 @@ def main(argv=None) -> int:
             ref_h5 = os.path.join(tmp, f"{size}_allennlp.hdf5")
             peer_file = run_peer_file(options, weights, src, ref_h5, args.threads)
             if peer_file:
-                parity = f"max |ours - AllenNLP| {max_diff_hdf5(ref_h5, ours_h5):.2g}"
+                parity = f"max abs diff to AllenNLP {max_diff_hdf5(ref_h5, ours_h5):.2g}"
         rows.append((size, f"file {args.file_sentences} sent ({n_tok} tok)", "float32",
                      r["tokens_per_s"], peer_file["tokens_per_s"] if peer_file else None,
                      r["peak_mib"], peer_file["peak_mib"] if peer_file else None, parity))
 
+    table = benchlib.markdown_table(
+        ["size", "workload", "dtype", "ours tok/s", "AllenNLP tok/s", "ratio", "ours peak MiB", "AllenNLP peak MiB",
+         "note"],
+        [(size, work, dtype, f"{ours:,.0f}", benchlib.fmt(theirs), f"{ours / theirs:.2f}x" if theirs else "-",
+          f"{mem:,.0f}", benchlib.fmt(pmem), note) for size, work, dtype, ours, theirs, mem, pmem, note in rows],
+        right=(3, 4, 5, 6, 7))
     print()
-    print("| size | workload | dtype | ours tok/s | AllenNLP tok/s | ratio | ours peak MiB | AllenNLP peak MiB | note |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---|")
-    for size, work, dtype, ours, theirs, mem, pmem, note in rows:
-        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-        print(f"| {size} | {work} | {dtype} | {ours:,.0f} | {f'{theirs:,.0f}' if theirs else '-'} | "
-              f"{ratio} | {mem:,.0f} | {f'{pmem:,.0f}' if pmem else '-'} | {note} |")
+    print("\n".join(table))
+    if args.markdown:
+        section = args.section or "embed-cpu"
+        config = (f"sizes {', '.join(args.configs)}, random weights (seed 0, LSTM input biases ~ N(0, 0.2)) in "
+                  f"the original layout; batch = 32 sentences of 20-30 tokens (the peer's recipe), strings to "
+                  f"char ids included, median of {args.runs} calls after 2 warm-ups; file = {args.file_sentences} "
+                  f"sentences through Embedder.embed_file to HDF5 (--all); dtypes {', '.join(args.dtypes)}"
+                  f"{'; onnxruntime on the exported model' if args.onnx else ''}; AllenNLP peer: "
+                  f"{'yes, in the same run' if peer else 'not run'}.")
+        benchlib.write_section(args.markdown, section, benchlib.section_text(
+            section, "Inference: ours vs AllenNLP on the same weights", benchlib.command_line(__file__, argv),
+            config, table, threads=args.threads))
     return 0
 
 
