@@ -40,6 +40,9 @@ class LMOutput(NamedTuple):
 
 
 class BidirectionalLM(nn.Module):
+    """``elmo.ElmoBiLM`` (``self.bilm``, what is exported and embedded with) plus the softmax
+    shared by both directions (``self.softmax``): the model pretraining trains."""
+
     def __init__(self, config: ElmoConfig, vocab_size: int, softmax: SoftmaxConfig,
                  dedup: bool = True, bilm: Optional[ElmoBiLM] = None) -> None:
         super().__init__()
