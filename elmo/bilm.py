@@ -100,6 +100,10 @@ class BiLM(nn.Module):
         if lengths is None:
             lengths_sorted, order = torch.sort(mask.long().sum(-1), descending=True, stable=True)
             batch_sizes = batch_sizes_from_lengths(lengths_sorted.tolist())
+        elif len(set(lengths)) <= 1:  # every row as long (window mode): nothing to reorder or copy
+            batch_sizes = batch_sizes_from_lengths(list(lengths))
+            order = torch.arange(B, device=inputs.device)
+            lengths_sorted = torch.full((B,), lengths[0] if B else 0, dtype=torch.long, device=inputs.device)
         else:
             host_order = sorted(range(B), key=lambda i: -lengths[i])  # stable, as torch.sort
             batch_sizes = batch_sizes_from_lengths([lengths[i] for i in host_order])

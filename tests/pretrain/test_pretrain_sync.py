@@ -158,3 +158,22 @@ def poison(trainer):
     original = softmax.forward
     softmax.forward = lambda *args, **kwargs: original(*args, **kwargs) * float("nan")
     return lambda: setattr(softmax, "forward", original)
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [3, 5, 1]])
+def test_row_lengths_from_the_host_give_the_same_layers(lengths):
+    from elmo import ElmoBiLM, batch_to_ids
+    from pretrain_util import tiny_model_config
+
+    torch.manual_seed(0)
+    model = ElmoBiLM(tiny_model_config()).eval()
+    sentences = [[f"w{i}{j}" for j in range(n)] for i, n in enumerate(lengths)]
+    ids = batch_to_ids(sentences)
+    state = model.bilm.default_state(len(lengths))
+    with torch.no_grad():
+        want = model(ids, state)
+        got = model(ids, state, lengths=lengths)
+    for a, b in zip(want.layers, got.layers):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(torch.utils._pytree.tree_leaves(want.state), torch.utils._pytree.tree_leaves(got.state)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
