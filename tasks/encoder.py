@@ -52,7 +52,7 @@ class TokenEncoder(nn.Module):
     def __init__(self, cfg: TaskConfig, num_words: int, bilm: Optional[ElmoBiLM]) -> None:
         super().__init__()
         if cfg.elmo.use and bilm is None:
-            raise ValueError("use_elmo is set but no ELMo model was given")
+            raise ValueError("elmo.use is set but no ELMo model was given")
         self.fine_tune = cfg.elmo.fine_tune
         self.bilm = bilm if cfg.elmo.use else None
         self.scalar_mix = None

@@ -144,7 +144,7 @@ def test_classify_train_evaluate_predict(tmp_path, capsys, elmo_dir, elmo):
     path.write_text("".join(f'"{lab}","{text}\n"\n' for lab, text in rows), encoding="utf-8-sig")
     out = str(tmp_path / "cls")
     source = ["--model", elmo_dir] if elmo else ["--no-elmo"]
-    cols = ["--set", "text_column=1", "--set", "label_column=0"]
+    cols = ["--set", "data.text_column=1", "--set", "data.label_column=0"]  # dotted paths (SMALL: old names)
     summary = json.loads(run(capsys, ["train", "classify", "--train", str(path), "--dev", str(path), "--out", out,
                                       "--epochs", "2", *cols, *source, *SMALL]).strip())
     scores = json.loads(run(capsys, ["evaluate", out, "--data", str(path), "--json", "--quiet"]))
