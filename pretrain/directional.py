@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from elmo.bilm import BiLMState, reverse_padded
+from elmo.char_cnn import Highway
 from elmo.lstm import FORGET_BIAS, Lstm, batch_sizes_from_lengths
 from elmo.model import ElmoBiLM
 from pretrain.batches import Batch
 from pretrain.lm import BidirectionalLM, LMOutput
 
 FORWARD, BACKWARD = 0, 1
+HIGHWAY_GATE_BIAS = -2.0  # Kim et al. 2016's constant on the highway gate (model/HighwayMLP.lua)
 
 
 def run_direction(bilm: ElmoBiLM, direction: int, tokens: torch.Tensor, mask: torch.Tensor,
@@ -144,12 +146,17 @@ def init_uniform(model: nn.Module, init_range: float) -> None:
 
     The LSTM cells add a constant 1.0 to the forget gate at run time (the original ELMo's
     ``FORGET_BIAS``); its stored bias is shifted by -1.0 here so that the bias the gate sees is
-    ~ U(-r, r) as well, as in Kim et al.'s LSTM, which has no such constant."""
+    ~ U(-r, r) as well, as in Kim et al.'s LSTM, which has no such constant. Kim et al.'s highway
+    layers add a constant -2 to their gate (the gate starts mostly closed: the input is carried);
+    here that constant goes into the gate's stored bias, ~ U(-r, r) - 2."""
     for p in model.parameters():
         p.uniform_(-init_range, init_range)
     for module in model.modules():
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             module.weight[module.padding_idx].zero_()
+        if isinstance(module, Highway):  # each Linear(d, 2d): [transform; gate]
+            for layer in module.layers:
+                layer.bias[layer.out_features // 2 :] += HIGHWAY_GATE_BIAS
         if isinstance(module, Lstm):  # also peephole, CIFG: their own forget block
             H, k = module.hidden_dim, module.forget_block
             module.input_bias[k * H : (k + 1) * H] -= FORGET_BIAS
