@@ -3,6 +3,9 @@
     flock /tmp/bench.lock python scripts/bench_pretrain.py [--configs tiny small original]
         [--softmax full sampled] [--batch 32] [--window 20] [--vocab 100000] [--samples 8192]
         [--threads 2] [--steps 5] [--device cpu] [--precision fp32] [--no-peer] [--json FILE]
+        [--markdown docs/benchmarks.md]
+    python scripts/bench_pretrain.py --gpu-grid --device cuda --precision bf16 [--configs small original]
+        [--rows 128 256 512] [--compile-rows 512] [--peak-tflops 790]   # scripts/gpu_check.sh
 
 Two tables:
 
@@ -17,9 +20,16 @@ Two tables:
    a --vocab-word vocabulary (Zipf-distributed synthetic text), full or sampled softmax
    (--samples log-uniform negatives).
 
+``--gpu-grid`` instead times the sync-free window-mode step (``worker_gpu_step``) over --rows
+eagerly and --compile-rows compiled, for each --configs: tokens/s, ms per step, peak memory and
+model FLOPs utilisation against --peak-tflops (neither ``datasets`` nor the peer is imported).
+
 Each measurement runs in a fresh process, so "peak MiB" is that run's maximum resident memory
 (on CUDA: peak allocated GPU memory). The AllenNLP side runs when its environment exists
-(shared/peers/allennlp-elmo/setup.sh; default /tmp/refenv, or $REFENV).
+(shared/peers/allennlp-elmo/setup.sh; default /tmp/refenv, or $REFENV). ``--markdown FILE`` also
+writes the tables, with the command, commit, machine and configuration, as the ``pretrain-cpu``
+(``pretrain-cuda``, ``pretrain-gpu-grid``) section of FILE (docs/benchmarks.md). The helpers shared
+with the other bench scripts are in scripts/benchlib.py.
 """
 
 from __future__ import annotations
@@ -27,63 +37,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER_DIR = os.path.join(ROOT, "..", "shared", "peers", "allennlp-elmo")
-REFENV = os.environ.get("REFENV", "/tmp/refenv")
-PEER_NAMES = {"tiny": "tiny", "small": "small", "original": "full"}  # the peer scripts' names
-
-
-def peak_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import PEER_NAMES, peak_mib  # noqa: E402
 
 
 def peer_batch(n_sent: int = 32, length: int = 20, seed: int = 1) -> list:
     """The peer's training batch recipe: words of <= 20 characters from its sentences.txt."""
-    path = os.path.join(PEER_DIR, "sentences.txt")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            vocab = sorted({t for line in f for t in line.split() if len(t) <= 20})
-    else:
-        rng0 = random.Random(1)
-        vocab = sorted({"".join(rng0.choice("abcdefghij") for _ in range(rng0.randint(1, 9)))
-                        for _ in range(2000)})
-    rng = random.Random(seed)
-    return [[rng.choice(vocab) for _ in range(rng.randint(length, length))] for _ in range(n_sent)]
+    return benchlib.peer_sentences(n_sent, length, length, seed)
 
 
 def ensure_weights(size: str, weights_dir: str) -> tuple[str, str]:
     """Seeded random weights of our preset ``size`` in the original layout, named as the peer expects."""
-    name = PEER_NAMES[size]
-    options = os.path.join(weights_dir, f"{name}_options.json")
-    weights = os.path.join(weights_dir, f"{name}_weights.hdf5")
-    if not (os.path.exists(options) and os.path.exists(weights)):
-        import torch
-
-        from elmo import ElmoBiLM, preset, save_original
-
-        torch.manual_seed(0)
-        os.makedirs(weights_dir, exist_ok=True)
-        save_original(ElmoBiLM(preset(size)), options, weights)
-    return options, weights
+    return benchlib.ensure_weights(size, weights_dir)
 
 
-def _sync(device):
-    import torch
+_sync = benchlib.sync
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+def synthetic_corpus(V: int, n_tok: int):
+    """(table, EncodedCorpus): ``n_tok`` tokens of Zipf-distributed text (seed 0; ids up to V + 5,000,
+    so a few are out of the vocabulary) in sentences of 5-39 words, and the table of a ``V``-word
+    vocabulary (<S>, </S>, <UNK>, w0, w1, ...)."""
+    import numpy as np
+
+    from pretrain.corpus import EncodedCorpus
+    from pretrain.vocab import Vocabulary, WordTable
+
+    table = WordTable(Vocabulary(["<S>", "</S>", "<UNK>"] + [f"w{i}" for i in range(V - 3)]))
+    rng = np.random.default_rng(0)
+    ids = np.minimum(rng.zipf(1.1, n_tok), V + 5000) - 1
+    words = [f"w{i}" for i in range(int(ids.max()) + 1)]
+    sentences, k = [], 0
+    for n in rng.integers(5, 40, n_tok // 5):
+        if k >= n_tok:
+            break
+        sentences.append(table.encode(words[j] for j in ids[k : k + n]))
+        k += n
+    return table, EncodedCorpus(table, sentences)
 
 
 # -- workers (each in a fresh process) ----------------------------------------------------------
@@ -128,16 +123,13 @@ def worker_peer_shape(spec: dict) -> dict:
 
 def worker_train_step(spec: dict) -> dict:
     """Our full training step in window mode on synthetic Zipf text with a ``vocab``-word vocabulary."""
-    import numpy as np
     import torch
 
     from pretrain.batches import WindowBatcher
     from pretrain.config import pretrain_preset
-    from pretrain.corpus import EncodedCorpus
     from pretrain.distributed import DistInfo
     from pretrain.lm import BidirectionalLM
     from pretrain.train import Trainer
-    from pretrain.vocab import Vocabulary, WordTable
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -146,23 +138,9 @@ def worker_train_step(spec: dict) -> dict:
                        f"softmax.kind={spec['softmax']}", f"softmax.num_samples={spec['samples']}",
                        f"train.precision={spec['precision']}", "train.max_steps=1000000"):
         config = config.with_override(assignment)
-    V = spec["vocab"]
-    vocab = Vocabulary(["<S>", "</S>", "<UNK>"] + [f"w{i}" for i in range(V - 3)])
-    table = WordTable(vocab)
-    rng = np.random.default_rng(0)
-    n_tok = (2 + spec["steps"]) * spec["batch"] * spec["window"] + 1000
-    ids = np.minimum(rng.zipf(1.1, n_tok), V + 5000) - 1  # a few out-of-vocabulary words too
-    words = [f"w{i}" for i in range(int(ids.max()) + 1)]
-    lengths = rng.integers(5, 40, n_tok // 5)
-    sentences, k = [], 0
-    for n in lengths:
-        if k >= n_tok:
-            break
-        sentences.append(table.encode(words[j] for j in ids[k : k + n]))
-        k += n
-    corpus = EncodedCorpus(table, sentences)
+    table, corpus = synthetic_corpus(spec["vocab"], (2 + spec["steps"]) * spec["batch"] * spec["window"] + 1000)
     torch.manual_seed(0)
-    lm = BidirectionalLM(config.model, len(vocab), config.softmax)
+    lm = BidirectionalLM(config.model, len(table.vocab), config.softmax)
     batcher = WindowBatcher(corpus, table, spec["batch"], spec["window"], seed=0)
     trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=device))
     times = []
@@ -199,16 +177,13 @@ def train_flops_per_token(model, num_samples: int) -> float:
 def worker_gpu_step(spec: dict) -> dict:
     """``steps`` window-mode training steps (Trainer.train_step, the sync-free step) timed as one
     block after ``warmup`` steps: one synchronisation at each end, as a long run sees it."""
-    import numpy as np
     import torch
 
     from pretrain.batches import WindowBatcher
     from pretrain.config import pretrain_preset
-    from pretrain.corpus import EncodedCorpus
     from pretrain.distributed import DistInfo
     from pretrain.lm import BidirectionalLM
     from pretrain.train import DevicePrefetcher, Trainer
-    from pretrain.vocab import Vocabulary, WordTable
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -220,22 +195,11 @@ def worker_gpu_step(spec: dict) -> dict:
                        f"train.precision={spec['precision']}", "train.max_steps=1000000",
                        f"train.compile={'true' if spec['compile'] else 'false'}"):
         config = config.with_override(assignment)
-    V, rows, T = spec["vocab"], spec["batch"], spec["window"]
-    vocab = Vocabulary(["<S>", "</S>", "<UNK>"] + [f"w{i}" for i in range(V - 3)])
-    table = WordTable(vocab)
-    rng = np.random.default_rng(0)
-    n_tok = (spec["warmup"] + spec["steps"] + 2) * rows * T + 1000
-    ids = np.minimum(rng.zipf(1.1, n_tok), V + 5000) - 1
-    words = [f"w{i}" for i in range(int(ids.max()) + 1)]
-    sentences, k = [], 0
-    for n in rng.integers(5, 40, n_tok // 5):
-        if k >= n_tok:
-            break
-        sentences.append(table.encode(words[j] for j in ids[k : k + n]))
-        k += n
+    rows, T = spec["batch"], spec["window"]
+    table, corpus = synthetic_corpus(spec["vocab"], (spec["warmup"] + spec["steps"] + 2) * rows * T + 1000)
     torch.manual_seed(0)
-    lm = BidirectionalLM(config.model, len(vocab), config.softmax)
-    batcher = WindowBatcher(EncodedCorpus(table, sentences), table, rows, T, seed=0)
+    lm = BidirectionalLM(config.model, len(table.vocab), config.softmax)
+    batcher = WindowBatcher(corpus, table, rows, T, seed=0)
     trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=device))
     trainer.sync_every_step = device.type == "cpu"
     feed = DevicePrefetcher(batcher, device)
@@ -290,25 +254,13 @@ def gpu_step_table(results: list) -> list[str]:
 
 
 def run_worker(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {spec} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_worker(__file__, spec)
 
 
 def run_gpu_worker(spec: dict, timeout: float) -> dict:
     """A GPU-grid measurement in a fresh process (its own peak memory); a failure or a timeout is
     reported in the table instead of ending the check."""
-    try:
-        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": last[:160].replace("|", "/")}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_worker(__file__, spec, timeout=timeout, keep_going=True)
 
 
 def gpu_grid(args) -> list[str]:
@@ -328,15 +280,7 @@ def gpu_grid(args) -> list[str]:
 
 
 def run_peer(size: str, weights_dir: str, steps: int, threads: int) -> dict | None:
-    cmd = [os.path.join(REFENV, "bin", "python"), os.path.join(PEER_DIR, "bench_reference.py"),
-           "--configs", PEER_NAMES[size], "--mode", "train", "--weights-dir", weights_dir,
-           "--train-runs", str(steps), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"([\d.]+) tokens/s median.*peak RSS (\d+) MiB", out.stdout)
-    if out.returncode != 0 or not m:
-        print(f"# AllenNLP run failed: {out.stderr[-500:]}", file=sys.stderr)
-        return None
-    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+    return benchlib.run_peer_bench("train", size, weights_dir, steps, threads)
 
 
 def main(argv=None) -> int:
@@ -366,6 +310,7 @@ def main(argv=None) -> int:
     gpu.add_argument("--peak-tflops", type=float, default=790.0,
                      help="the chip's dense bf16 peak for MFU (790: measured on the H200)")
     gpu.add_argument("--worker-timeout", type=float, default=240.0, help="seconds per measurement")
+    benchlib.add_output_flags(p, None)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -376,7 +321,18 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     if args.gpu_grid:
-        print("\n".join(gpu_grid(args)))
+        lines = gpu_grid(args)
+        print("\n".join(lines))
+        if args.markdown:
+            device = args.device.split(":")[0]
+            section = args.section or ("pretrain-gpu-grid" if device != "cpu" else "pretrain-gpu-grid-on-cpu")
+            config = (f"{lines[0]}; configs {', '.join(args.configs)}, rows {', '.join(map(str, args.rows))} eager"
+                      f"{', ' + ', '.join(map(str, args.compile_rows)) + ' compiled (train.compile)' if args.compile_rows else ''}; "
+                      "the steps timed as one block (one synchronisation at each end), batches prefetched "
+                      "one step ahead; model FLOPs per token by train_flops_per_token.")
+            benchlib.write_section(args.markdown, section, benchlib.section_text(
+                section, f"Training step on {args.device} (window mode)", benchlib.command_line(__file__, argv),
+                config, lines[1:], device=args.device, threads=args.threads))
         return 0
 
     import torch
@@ -384,7 +340,7 @@ def main(argv=None) -> int:
     print(f"# torch {torch.__version__}, threads {args.threads}, device {args.device}, "
           f"precision {args.precision}, cpu {torch.backends.cpu.get_cpu_capability()}")
     results = {"peer_shape": [], "train_step": []}
-    peer_ok = not args.no_peer and os.path.exists(os.path.join(REFENV, "bin", "python"))
+    peer_ok = not args.no_peer and benchlib.peer_available()
     print("\n## Same shape as AllenNLP: 32 x 20 tokens (+<S>,</S>), 10k-word full softmax, "
           "forward + backward (no optimizer step)")
     print("| config | ours tokens/s | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB | ratio |")
@@ -418,6 +374,29 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
+    if args.markdown:
+        peer_rows = [(r["config"], f"{r['ours']['tokens_per_s']:,.0f}", f"{r['ours']['peak_mib']:,.0f}",
+                      benchlib.fmt(r["allennlp"] and r["allennlp"]["tokens_per_s"]),
+                      benchlib.fmt(r["allennlp"] and r["allennlp"]["peak_mib"]),
+                      f"{r['ratio']:.2f}x" if r["ratio"] else "-") for r in results["peer_shape"]]
+        step_rows = [(r["config"], f"sampled ({args.samples:,})" if r["softmax_kind"] == "sampled" else r["softmax_kind"],
+                      f"{r['tokens_per_s']:,.0f}", f"{r['peak_mib']:,.0f}") for r in results["train_step"]]
+        body = benchlib.markdown_table(["config", "ours tokens/s", "ours peak MiB", "AllenNLP tokens/s",
+                                        "AllenNLP peak MiB", "ratio"], peer_rows, right=(1, 2, 3, 4, 5))
+        if step_rows:
+            body += [""] + benchlib.markdown_table(["config", "softmax", "tokens/s", "peak MiB"], step_rows,
+                                                   right=(2, 3))
+        config = (f"device {args.device}, precision {args.precision}; table 1 is the peer's training benchmark: "
+                  "32 sentences of 20 tokens with <S>/</S>, a 10,000-word full softmax on the top layer, "
+                  f"zero_grad through backward (no optimizer step), median of {args.steps} steps after a warm-up, "
+                  f"the same random weights on both sides (AllenNLP: {'in the same run' if peer_ok else 'not run'}). "
+                  f"Table 2 is Trainer.train_step in window mode: {args.batch} rows x {args.window} tokens, a "
+                  f"{args.vocab:,}-word vocabulary (Zipf text), Adagrad, clipping 10, softmax "
+                  f"{' and '.join(args.softmax) or 'none'} ({args.samples:,} sampled negatives).")
+        section = args.section or f"pretrain-{args.device.split(':')[0]}"
+        benchlib.write_section(args.markdown, section, benchlib.section_text(
+            section, "Training: the peer's shape beside AllenNLP, and our whole step",
+            benchlib.command_line(__file__, argv), config, body, device=args.device, threads=args.threads))
     return 0
 
 
