@@ -240,7 +240,8 @@ def nest(data: dict) -> tuple[dict, list]:
             out[key] = value
         elif key in SECTIONS or key == "head":
             if not isinstance(value, dict):
-                raise ValueError(f"config.{key}: expected a JSON object (a section), got {type(value).__name__}")
+                raise ValueError(f"config.{key}: expected a JSON object (a section), "
+                                 f"got {type(value).__name__}")
             out.setdefault(key, {}).update(value)
         elif key in FLAT_NAMES:
             section, name = FLAT_NAMES[key].split(".")
@@ -273,28 +274,23 @@ def apply_set(data: dict, task: str, item: str) -> dict:
     name, value = item.split("=", 1)
     name = name.strip()
     path = _path(name, task)
-
-    def renamed(e: ValueError, shown: str) -> ValueError:  # the message names what the user typed
-        return ValueError(str(e).replace(f"--set {shown}:", f"--set {name}:", 1))
-
-    if path != "head" and not path.startswith("head."):
-        try:
-            return set_field(TaskConfig, data, f"{path}={value}")
-        except ValueError as e:
-            raise renamed(e, path) from None
-    head_cls, field_name = HEADS[task], path[len("head."):]
-    if path == "head":
-        raise ValueError(f"--set head: head is a section; set one of its fields: "
-                         f"{sorted(f.name for f in dataclasses.fields(head_cls))}")
-    if name in FLAT_NAMES and field_name not in {f.name for f in dataclasses.fields(head_cls)}:
-        logger.info("--set %s: the %s head has no %s (a field of another task's head); ignored",
-                       name, task, field_name)
-        return data
+    section, _, field_name = path.partition(".")
     try:
-        head = set_field(head_cls, data.get("head", {}), f"{field_name}={value}")
-    except ValueError as e:
-        raise ValueError(str(renamed(e, field_name)).replace("in the config)", f"in head, the {task} head)")) from None
-    return {**data, "head": head}
+        if section != "head":
+            return set_field(TaskConfig, data, f"{path}={value}")
+        names = [f.name for f in dataclasses.fields(HEADS[task])]
+        if not field_name:
+            raise ValueError(f"--set head: head is a section; set one of its fields: {sorted(names)}")
+        if name in FLAT_NAMES and field_name not in names:
+            logger.info("--set %s: the %s head has no %s (a field of another task's head); ignored",
+                        name, task, field_name)
+            return data
+        return {**data, "head": set_field(HEADS[task], data.get("head", {}), f"{field_name}={value}")}
+    except ValueError as e:  # set_field's message names the field as it was given to it
+        message = str(e).replace(f"--set {path if section != 'head' else field_name}:", f"--set {name}:", 1)
+        if section == "head":
+            message = message.replace("in the config)", f"in head, the {task} head)")
+        raise ValueError(message) from None
 
 
 def parse_set(items: list[str], task: str = "ner", data: Optional[dict] = None) -> dict:
@@ -311,5 +307,6 @@ def resolve_config(task: str, overrides: dict) -> TaskConfig:
     or flat. Flat names of another task's head are ignored (logged)."""
     nested, ignored = nest({**overrides, "task": task})
     if ignored:
-        logger.info("the %s head has no %s (fields of another task's head); ignored", task, ", ".join(ignored))
+        logger.info("the %s head has no %s (fields of another task's head); ignored", task,
+                    ", ".join(ignored))
     return TaskConfig.from_dict(nested)

@@ -125,6 +125,9 @@ def test_config_file_flat_or_nested_then_set_then_flags(tmp_path, capsys):
                                       "--threads", "1", "--batch-size", "3", "--seed", "5", "--quiet"]))
     assert (c.train.lr, c.head.hidden_dim, c.train.epochs) == (0.5, 4, 2)
     assert (c.train.num_threads, c.train.batch_size, c.train.seed, c.train.progress) == (1, 3, 5, False)
+    d = _config(_parser().parse_args(["train", "srl", "--train", "t", "--dev", "d", "--out", "o", "--model", "m",
+                                      "--fine-tune", "--device", "cuda:1", "--set", "device=cpu"]))
+    assert (d.elmo.use, d.elmo.fine_tune, d.train.device, d.head.hidden_dim) == (True, True, "cuda:1", 300)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": {"lrr": 1}}))
     with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['lrr'\] for TrainConfig; valid keys: "
