@@ -1,6 +1,6 @@
 """A task model folder: everything needed to evaluate or apply a trained head.
 
-    DIR/task_config.json   the resolved TaskConfig (task, scheme, sizes, training settings)
+    DIR/task_config.json   the resolved TaskConfig: task, data, elmo, head, train (tasks.config)
     DIR/vocab.json         {"words": [...] or null, "labels": [...]}
     DIR/model.pt           the head's state_dict (without the biLM's weights)
     DIR/elmo/              a copy of the ELMo (elmo_config.json + elmo_weights.safetensors/.pt), fine-tuned or not
