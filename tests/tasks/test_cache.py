@@ -103,3 +103,26 @@ def test_fingerprint_tracks_every_weight_and_float16_store(tiny_config):
     full = direct_layers(bilm, SENTENCES)
     assert half.get(SENTENCES[0]).dtype == torch.float32
     torch.testing.assert_close(half.batch(SENTENCES), full, atol=2e-3, rtol=2e-3)
+
+
+def test_cache_output_is_the_biLM_output_of_a_batch(tiny_config):
+    """LayerCache.output: the cached layers as an ElmoOutput, the same as ElmoBiLM gives."""
+    from elmo import ElmoOutput, batch_to_tokens
+    from tasks.data import Batch
+
+    bilm = ElmoBiLM(tiny_config).eval()
+    cache = LayerCache(bilm, batch_size=2)
+    cache.fill(SENTENCES)
+    out = cache.output(SENTENCES[:3], length=9)
+    assert isinstance(out, ElmoOutput)
+    assert out.layers.shape == (3, 3, 9, tiny_config.output_dim)
+    assert out.mask.sum(1).tolist() == [4, 1, 8] and out.mask.shape == (3, 9)
+    with torch.no_grad():
+        direct = bilm(batch_to_tokens(SENTENCES[:3]))
+    for k in range(3):
+        torch.testing.assert_close(out.layers[k][:, :8], direct.layers[k], atol=1e-6, rtol=0)
+    assert torch.equal(out.mask[:, :8], direct.mask)
+    tokens = batch_to_tokens(SENTENCES[:3])
+    moved = Batch(mask=out.mask, tokens=tokens, elmo=out).to(torch.device("cpu"))
+    assert isinstance(moved.elmo, ElmoOutput) and torch.equal(moved.elmo.layers, out.layers)
+    assert torch.equal(moved.tokens.index, tokens.index) and torch.equal(moved.tokens.token_chars, tokens.token_chars)
