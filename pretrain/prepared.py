@@ -59,7 +59,7 @@ CHARS, ALPHA = "chars.npy", "alpha_rank.npy"
 _FILES = (TOKENS, OFFSETS, HASHES, WORDS, COUNTS, HELD_COUNTS, CHARS, ALPHA)
 SHARD_BYTES = 64 << 20
 _CHUNK_BYTES = 4 << 20
-_PANDAS_BYTES = 64 << 20
+_PANDAS_BYTES = 48 << 20
 
 
 # -- where the text comes from ----------------------------------------------------------------
@@ -140,6 +140,12 @@ class _ShardEncoder:
         self.hashes: list[np.ndarray] = []
         self.num_tokens = 0
 
+    def add_text(self, text: str) -> int:
+        """Lines of ``text`` (newline-separated, no carriage returns). (Tokenizing all lines of a
+        chunk in one ``str.split`` and counting each line's tokens from the bytes measured no
+        faster than this loop: hashing the tokens is what costs.)"""
+        return self.add_lines(text.split("\n"))
+
     def add_lines(self, lines: Iterable[str]) -> int:
         tokenize, crc = self.tokenize, zlib.crc32
         tokens: list[str] = []
@@ -153,7 +159,10 @@ class _ShardEncoder:
             tokens += toks
             lengths.append(len(toks))
             hashes.append(crc(line.encode("utf-8", "replace")))
-        if not lengths:
+        return self._add(tokens, lengths, hashes)
+
+    def _add(self, tokens: list, lengths, hashes: list) -> int:
+        if not len(lengths):
             return 0
         index, words = self.index, self.words
         codes, uniques = None, None
@@ -195,9 +204,9 @@ class _ShardEncoder:
         return {"tokens": len(ids), "sentences": len(lengths)}
 
 
-def _file_lines(path: str, start: int, stop: int) -> Iterator[list[str]]:
-    """Lines of bytes [start, stop) in chunks, as ``datasets``' text loader splits them: decoded
-    as UTF-8 with bad bytes replaced, universal newlines, split on newline."""
+def _file_text(path: str, start: int, stop: int) -> Iterator[str]:
+    """Bytes [start, stop) as text in chunks of whole lines, as ``datasets``' text loader reads
+    them: decoded as UTF-8 with bad bytes replaced, universal newlines (lines split on newline)."""
     with open(path, "rb") as f:
         f.seek(start)
         remaining, carry = stop - start, b""
@@ -216,15 +225,15 @@ def _file_lines(path: str, start: int, stop: int) -> Iterator[list[str]]:
             text = data.decode("utf-8", "replace")
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
-            yield text.split("\n")
+            yield text
 
 
 def _prepare_shard(task: tuple) -> dict:
     """Worker: tokenize one shard of one file and write ``out_path``."""
     path, start, stop, tokenizer, fraction, out_path, use_pandas = task
     enc = _ShardEncoder(tokenizer, fraction, use_pandas)
-    for lines in _file_lines(path, start, stop):
-        enc.add_lines(lines)
+    for text in _file_text(path, start, stop):
+        enc.add_text(text)
     summary = enc.save(out_path)
     summary["bytes"] = stop - start
     return summary

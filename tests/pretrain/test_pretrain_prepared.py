@@ -32,7 +32,8 @@ def awkward_files(tmp_path) -> list[str]:
     a.write_bytes(body.encode("utf-8") + b"caf\xe9 ol\xe9 \xff\xfe .\n" + "\n".join(lines[100:]).encode())
     b = tmp_path / "src" / "sub" / "b.txt"
     b.parent.mkdir(parents=True, exist_ok=True)
-    b.write_text("<S> a literal boundary </S> <UNK> .\n\u00fcber caf\u00e9 na\u00efve .\n" * 3, encoding="utf-8")
+    b.write_text("<S> a literal boundary </S> <UNK> .\n\u00fcber caf\u00e9 na\u00efve .\n\t\x0b \x1f\n"
+                 "tab\tsep\x0bvt\x1funit\x1c .  \n" * 3, encoding="utf-8")  # ASCII spaces only
     return [str(tmp_path / "src")]
 
 
@@ -147,7 +148,7 @@ def test_workers_and_an_interrupted_preparation_give_identical_files(tmp_path, m
     assert set(want) == {P.MANIFEST, *P._FILES}  # shards and plan removed when complete
     prepare(src, str(tmp_path / "two"), workers=2, shard_bytes=700)
     assert _tree_bytes(tmp_path / "two") == want
-    monkeypatch.setattr(P, "_PANDAS_BYTES", 0)  # the pandas.factorize path of large corpora
+    monkeypatch.setattr(P, "_PANDAS_BYTES", 0)  # the pandas.factorize path of corpora >= 48 MiB
     prepare(src, str(tmp_path / "pandas"), workers=2, shard_bytes=700)
     assert _tree_bytes(tmp_path / "pandas") == want
     monkeypatch.undo()
