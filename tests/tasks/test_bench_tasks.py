@@ -1,21 +1,19 @@
-"""scripts/bench_tasks.py --phases: the phase-timed training step must be the training loop's step
-(same loss, same parameters after the update), only cut into separately timed pieces."""
+"""scripts/bench_tasks.py: --phases profiles the real training loop (tasks.train.train) with
+torch.profiler and puts each step's time into phases; the epoch timings and their report."""
 
 import importlib.util
 import json
 import os
-import random
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from conftest import make_tiny_config
 from elmo import ElmoBiLM
 from tasks import ner
 from tasks.cache import LayerCache
 from tasks.config import resolve_config
-from tasks.data import BatchMaker, Vocabulary
-from tasks.train import clip_grad_norm, make_adam
 from test_task_cli import ner_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,66 +32,112 @@ def setup(tmp_path):
     torch.manual_seed(0)
     bilm = ElmoBiLM(make_tiny_config())
     cfg = resolve_config("ner", {"hidden_dim": 8, "word_dim": 6, "char_dim": 5, "char_filters": "1:4,2:4",
-                                 "batch_size": 5, "epochs": 1, "progress": False, "mix_l2": 0.01,
+                                 "batch_size": 3, "epochs": 1, "progress": False, "mix_l2": 0.01,
                                  "grad_clip": 0.5, "dropout": 0.3})
     data = ner.read(str(tmp_path / "train.txt"), cfg)
-    labels = ner.setup(data, cfg)
-    words = Vocabulary.words([x.tokens for x in data], cfg.min_word_count)
     cache = LayerCache(bilm, batch_size=4)
     cache.fill(x.tokens for x in data)
-    model = ner.build(cfg, len(words), labels, bilm).train()
-    with torch.no_grad():  # away from 0, where the L2 term and its gradient vanish
-        model.encoder.scalar_mix.scalar_parameters.copy_(torch.tensor([3.0, -2.0, 1.5]))
-    maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(True), cache=cache)
-    batch = next(maker.batches(ner.targets(data, cfg), cfg.batch_size, shuffle=True, rng=random.Random(0)))
-    return cfg, model, batch, data, bilm, cache
+    return cfg, data, bilm, cache
 
 
-def test_phased_step_equals_the_training_step(setup):
+def test_phases_of_the_real_training_loop(setup, tmp_path):
     bench = load_script()
-    cfg, model, batch, _, _, _ = setup
-    params = [p for p in model.parameters() if p.requires_grad]
-    initial = [p.detach().clone() for p in params]
-
-    # the step of tasks.train.train
-    optimizer = make_adam(params, cfg.lr)
-    torch.manual_seed(7)
-    loss = model.loss(batch) + cfg.mix_l2 * model.encoder.mix_penalty()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = float(clip_grad_norm(params, cfg.grad_clip))
-    optimizer.step()
-    updated = [p.detach().clone() for p in params]
-
-    # the same step, phase by phase, from the same weights, dropout masks and optimizer state
-    with torch.no_grad():
-        for p, w in zip(params, initial):
-            p.copy_(w)
-    called = []
-    torch.manual_seed(7)
-    phased_loss = bench.phased_step(model, batch, cfg, params, make_adam(params, cfg.lr), called.append)
-
-    assert called == list(bench.PHASES[1:])
-    assert float(phased_loss) == pytest.approx(float(loss.detach()), rel=1e-6)
-    assert grad_norm > cfg.grad_clip  # the clipping was active
-    assert all(p.grad is not None for p in params)
-    for p, want, before in zip(params, updated, initial):
-        assert not torch.equal(want, before)  # Adam moved every trained weight
-        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
-
-
-def test_phase_seconds_cover_the_epoch(setup):
-    bench = load_script()
-    cfg, _, _, data, bilm, cache = setup
+    cfg, data, bilm, cache = setup
     calls = []
     hook = bilm.register_forward_hook(lambda *_: calls.append(1))
-    seconds = bench.phase_seconds(cfg, bilm, data, cache)
+    trace = str(tmp_path / "trace.json")
+    seconds = bench.phase_seconds(cfg, bilm, data, cache, trace=trace)
     hook.remove()
-    assert set(seconds) == set(bench.PHASES) | {"total"}
-    assert all(v > 0 for v in seconds.values())
-    # consecutive readings of one monotonic clock: the phases never add up to more than the pass
-    assert sum(seconds[name] for name in bench.PHASES) <= seconds["total"] + 1e-9
     assert calls == []  # the epoch ran on the cached layers only
+    assert seconds["steps"] == 4  # 10 sentences in batches of 3
+    for name in bench.PHASES:  # every named phase was seen in every run of the step
+        assert seconds[name] > 0, name
+    named = sum(seconds[name] for name in bench.PHASES)
+    # disjoint top-level events inside the steps: they never add up to more than the steps
+    assert named <= seconds["total"] + 1e-9
+    assert seconds["other"] == pytest.approx(seconds["total"] - named, abs=1e-9)
+    assert seconds["other"] >= -1e-9
+    # the steps lie inside the loop's own train_seconds (profiler clock vs perf_counter: 1 ms slack)
+    assert seconds["total"] <= seconds["epoch_s"] + 1e-3
+    assert named >= 0.5 * seconds["total"]  # the phases are most of the step, not a sliver of it
+    with open(trace) as f:
+        assert any(e.get("name") == "BiLSTM fwd" for e in json.load(f)["traceEvents"])
+
+
+def test_profiled_epoch_trains_as_the_plain_loop(setup, tmp_path):
+    """The ranges and hooks change no computation: an unprofiled epoch from the same seed trains to
+    the same loss; --phase-batches stops the profiled epoch early."""
+    bench = load_script()
+    cfg, data, bilm, cache = setup
+    seconds = bench.phase_seconds(cfg, bilm, data, cache)
+    model, maker, labels = bench.build_head(cfg, bilm, data, cache)
+    log = tmp_path / "metrics.jsonl"
+    bench.train(model, ner, cfg, ner.targets(data, cfg), data[:1], maker, labels, log_path=str(log))
+    assert json.loads(log.read_text().splitlines()[0])["train_loss"] == pytest.approx(seconds["train_loss"], rel=1e-6)
+    two = bench.phase_seconds(cfg, bilm, data, cache, max_batches=2)
+    assert two["steps"] == 2
+
+
+def _profiled_steps(bench, enc_width: int, lstm_hidden: int, steps: int = 3):
+    """A hand-made loop with the ranges bench_tasks puts on the NER head: a Linear "encoder" and an
+    LSTM "BiLSTM" whose sizes decide which backward is heavy."""
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Sequential(torch.nn.Linear(enc_width, enc_width), torch.nn.Linear(enc_width, 16))
+            self.lstm = torch.nn.LSTM(16, lstm_hidden, batch_first=True)
+            self.output = torch.nn.Linear(lstm_hidden, 3)
+
+        def loss(self, x):
+            h, _ = self.lstm(self.encoder(x))
+            return self.output(h).logsumexp(-1).mean()
+
+    torch.manual_seed(0)
+    head = Head()
+    handles = bench._module_range(head.encoder, "encoder fwd") + bench._module_range(head.lstm, "BiLSTM fwd")
+    optimizer = torch.optim.Adam(head.parameters())
+    x = torch.randn(8, 12, enc_width)
+    head.loss(x).backward()  # oneDNN prepares its LSTM kernels on the first call: not timed
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps + 1):
+            with record_function("batch"):
+                if i == steps:
+                    break
+                batch = x.clone()
+            with record_function("loss fwd"):
+                loss = head.loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            optimizer.step()
+    for h in handles:
+        h.remove()
+    return bench.step_phases(prof.events())
+
+
+def test_backward_is_attributed_by_the_forward_that_made_it():
+    """The heavy part's backward is found by sequence number, wherever the engine runs it."""
+    bench = load_script()
+    torch.set_num_threads(1)
+    wide_encoder = _profiled_steps(bench, enc_width=2048, lstm_hidden=4)
+    big_lstm = _profiled_steps(bench, enc_width=8, lstm_hidden=512)
+    for ms in (wide_encoder, big_lstm):
+        assert ms["steps"] == 3
+        assert sum(ms[p] for p in bench.PHASES) <= ms["total"] + 1e-9
+        assert ms["clip"] > 0 and ms["Adam"] > 0 and ms["zero_grad"] > 0
+    assert wide_encoder["encoder bwd"] > wide_encoder["BiLSTM bwd"]
+    assert wide_encoder["encoder fwd"] > wide_encoder["BiLSTM fwd"]
+    assert big_lstm["BiLSTM bwd"] > big_lstm["encoder bwd"]
+    assert big_lstm["BiLSTM fwd"] > big_lstm["encoder fwd"]
+
+
+def test_step_phases_needs_a_step():
+    bench = load_script()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.ones(2).sum()
+    with pytest.raises(ValueError, match="no profiled training step"):
+        bench.step_phases(prof.events())
 
 
 def test_main_reports_first_and_later_epochs(tmp_path, capsys):
@@ -112,3 +156,22 @@ def test_main_reports_first_and_later_epochs(tmp_path, capsys):
     assert result["speedup_later"] == pytest.approx(result["recomputed_later_epoch_s"] / result["cached_later_epoch_s"])
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tiny", "--train", str(tmp_path / "train.txt"), "--epochs", "0"])
+
+
+def test_main_writes_its_markdown_section(tmp_path, capsys):
+    bench = load_script()
+    ner_file(tmp_path / "train.txt", n=6)
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nkept as it is\n")
+    argv = ["--preset", "tiny", "--train", str(tmp_path / "train.txt"), "--threads", "1", "--phases",
+            "--markdown", str(page)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nkept as it is\n")
+    assert text.count("<!-- bench:tasks-tiny-t1 -->") == 1 and text.count("<!-- /bench:tasks-tiny-t1 -->") == 1
+    assert "| BiLSTM bwd |" in text and "| whole step |" in text and "scripts/bench_tasks.py --preset tiny" in text
+    for line in printed.splitlines()[2:]:  # the printed tables are the section's
+        assert line in text
+    assert bench.main(argv) == 0  # a second run replaces the section
+    assert page.read_text().count("<!-- bench:tasks-tiny-t1 -->") == 1
