@@ -242,6 +242,17 @@ class OnnxBiLM:
                                             providers=providers or ["CPUExecutionProvider"])
 
     def __call__(self, char_ids) -> tuple[np.ndarray, np.ndarray]:
+        """char ids (B, T, 50) (a tensor or array) -> layers (L+1, B, T, 2P), mask (B, T)."""
         ids = char_ids.cpu().numpy() if isinstance(char_ids, torch.Tensor) else np.asarray(char_ids)
         layers, mask = self.session.run(None, {"char_ids": ids.astype(np.int64, copy=False)})
         return layers, mask
+
+    def embed_batch(self, sentences) -> list:
+        """Tokenized sentences -> one (L+1, n_i, 2P) float32 array each, as ``Embedder.embed_batch``."""
+        from elmo.chars import batch_to_ids
+
+        sentences = [list(s) for s in sentences]
+        if not sentences:
+            return []
+        layers, _ = self(batch_to_ids(sentences, min_length=1))
+        return [np.ascontiguousarray(layers[:, i, : len(s)]) for i, s in enumerate(sentences)]

@@ -63,6 +63,17 @@ def test_fixture_model_matches_torch_at_varied_lengths_and_batches(fixture_expor
     assert worst < 5e-6  # float32 both sides; the bar above is the 1e-4
 
 
+def test_embed_batch_gives_the_embedders_arrays(fixture_export):
+    model, path = fixture_export
+    sentences = [["The", "cat", "sat", "."], [], ["Hi"]]
+    ours = Embedder(model, device="cpu").embed_batch(sentences)
+    theirs = OnnxBiLM(path).embed_batch(sentences)
+    assert [a.shape for a in theirs] == [a.shape for a in ours] == [(3, 4, 32), (3, 0, 32), (3, 1, 32)]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert OnnxBiLM(path).embed_batch([]) == []
+
+
 def test_the_graph_has_dynamic_batch_and_length_axes(fixture_export):
     _, path = fixture_export
     graph = onnx.load(path).graph
