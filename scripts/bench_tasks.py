@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     else:
         print("\n".join(lines))
     if args.markdown:
-        section = args.section or f"tasks-{args.preset if not args.model else 'model'}-t{result['threads']}"
+        section = args.section or f"tasks-{args.preset if not args.model else 'model'}-{len(data)}-t{result['threads']}"
         config = (f"NER head (CoNLL-2003 defaults), batch {args.batch_size}, {len(data):,} training sentences "
                   f"({tokens:,} tokens) from {os.path.relpath(args.train, ROOT)}, ELMo {result['model']}, "
                   f"{args.epochs} epoch(s) per mode, {result['threads']} torch threads.")

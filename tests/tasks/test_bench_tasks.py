@@ -169,9 +169,9 @@ def test_main_writes_its_markdown_section(tmp_path, capsys):
     printed = capsys.readouterr().out
     text = page.read_text()
     assert text.startswith("# Benchmarks\n\nkept as it is\n")
-    assert text.count("<!-- bench:tasks-tiny-t1 -->") == 1 and text.count("<!-- /bench:tasks-tiny-t1 -->") == 1
+    assert text.count("<!-- bench:tasks-tiny-6-t1 -->") == 1 and text.count("<!-- /bench:tasks-tiny-6-t1 -->") == 1
     assert "| BiLSTM bwd |" in text and "| whole step |" in text and "scripts/bench_tasks.py --preset tiny" in text
     for line in printed.splitlines()[2:]:  # the printed tables are the section's
         assert line in text
     assert bench.main(argv) == 0  # a second run replaces the section
-    assert page.read_text().count("<!-- bench:tasks-tiny-t1 -->") == 1
+    assert page.read_text().count("<!-- bench:tasks-tiny-6-t1 -->") == 1
