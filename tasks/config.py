@@ -1,6 +1,6 @@
 """Task configuration: nested dataclasses, saved as JSON, ``--set SECTION.FIELD=VALUE``.
 
-``TaskConfig`` holds the task's name and four sections: ``data`` (files, columns, tokenization,
+``TaskConfig`` holds the task's name and four sections: ``data`` (format, columns, tokenization,
 subsets), ``elmo`` (whether and how the ELMo mix is used: dropout, L2, cache, fine-tuning),
 ``head`` (the model on top, one dataclass per task: ``NerHead``, ``SrlHead``, ``ClassifyHead``,
 chosen by ``task``) and ``train`` (optimizer, epochs, batches, device).
@@ -37,7 +37,7 @@ ELMO_DROPOUT = {"ner": 0.0, "srl": 0.1, "classify": 0.5}  # elmo.dropout when no
 
 
 @dataclass
-class DataConfig:
+class TaskDataConfig:
     format: str = "auto"  # ner: conll2003; srl: conll2012 | conll2005; classify: csv/tsv/jsonl/folder
     tag_column: int = -1  # ner: the column holding the tags
     text_column: str = "text"  # classify: header name or 0-based index
@@ -57,7 +57,7 @@ class DataConfig:
 
 
 @dataclass
-class ElmoUseConfig:
+class TaskElmoConfig:
     """How a task model uses ELMo (the biLM itself is the model folder's ``elmo/`` copy)."""
 
     use: bool = True  # false: the baseline, the same head without the biLM
@@ -148,7 +148,7 @@ HEADS = {"ner": NerHead, "srl": SrlHead, "classify": ClassifyHead}
 
 
 @dataclass
-class TrainConfig:
+class TaskTrainConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3  # Adam
@@ -167,10 +167,10 @@ class TrainConfig:
 @dataclass
 class TaskConfig(JsonConfig):
     task: str = "ner"
-    data: DataConfig = field(default_factory=DataConfig)
-    elmo: ElmoUseConfig = field(default_factory=ElmoUseConfig)
+    data: TaskDataConfig = field(default_factory=TaskDataConfig)
+    elmo: TaskElmoConfig = field(default_factory=TaskElmoConfig)
     head: Optional[HeadConfig] = None  # HEADS[task]; None: its defaults
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TaskTrainConfig = field(default_factory=TaskTrainConfig)
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
@@ -201,7 +201,7 @@ class TaskConfig(JsonConfig):
         return type(self).from_dict(apply_set(self.to_dict(), self.task, assignment))
 
 
-SECTIONS = {"data": DataConfig, "elmo": ElmoUseConfig, "train": TrainConfig}
+SECTIONS = {"data": TaskDataConfig, "elmo": TaskElmoConfig, "train": TaskTrainConfig}
 # The flat fields of earlier versions -> their path now.
 FLAT_NAMES = {
     "data_format": "data.format", "data_scheme": "data.scheme",
@@ -211,7 +211,7 @@ FLAT_NAMES = {
     "elmo_batch_size": "elmo.batch_size",
     **{n: f"elmo.{n}" for n in ("fine_tune", "do_layer_norm", "mix_l2", "cache", "cache_file", "cache_dtype")},
     **{f.name: f"head.{f.name}" for head in HEADS.values() for f in dataclasses.fields(head)},
-    **{f.name: f"train.{f.name}" for f in dataclasses.fields(TrainConfig)},
+    **{f.name: f"train.{f.name}" for f in dataclasses.fields(TaskTrainConfig)},
 }
 
 

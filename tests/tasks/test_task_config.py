@@ -130,8 +130,8 @@ def test_config_file_flat_or_nested_then_set_then_flags(tmp_path, capsys):
     assert (d.elmo.use, d.elmo.fine_tune, d.train.device, d.head.hidden_dim) == (True, True, "cuda:1", 300)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": {"lrr": 1}}))
-    with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['lrr'\] for TrainConfig; valid keys: "
-                                         r"\['batch_size', 'device', 'epochs', 'grad_clip', 'lr', "):
+    with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['lrr'\] for TaskTrainConfig; "
+                                         r"valid keys: \['batch_size', 'device', 'epochs', 'grad_clip', 'lr', "):
         _config(_parser().parse_args([*common, "--config", str(bad)]))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tasks.cli import main
-from tasks.config import ElmoUseConfig, TaskConfig, TrainConfig
+from tasks.config import TaskConfig, TaskElmoConfig, TaskTrainConfig
 from tasks.readers import DataError, read_classification, read_conll2003
 from tasks.train import train
 
@@ -189,8 +189,8 @@ class _Maker:
 def test_patience_counts_once_the_dev_metric_has_left_its_start(values, epochs, caplog):
     from tasks.readers import Instance
 
-    cfg = TaskConfig(task="classify", elmo=ElmoUseConfig(use=False, mix_l2=0.0),
-                     train=TrainConfig(patience=2, epochs=len(values), progress=False))
+    cfg = TaskConfig(task="classify", elmo=TaskElmoConfig(use=False, mix_l2=0.0),
+                     train=TaskTrainConfig(patience=2, epochs=len(values), progress=False))
     data = [Instance(["a"], label="x")]
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         summary = train(_Head(), _Scripted(values), cfg, data, data, _Maker(), None)
@@ -204,8 +204,8 @@ def test_patience_counts_once_the_dev_metric_has_left_its_start(values, epochs, 
 def test_a_run_that_never_learns_says_so(caplog):
     from tasks.readers import Instance
 
-    cfg = TaskConfig(task="classify", elmo=ElmoUseConfig(use=False, mix_l2=0.0),
-                     train=TrainConfig(patience=2, epochs=6, progress=False))
+    cfg = TaskConfig(task="classify", elmo=TaskElmoConfig(use=False, mix_l2=0.0),
+                     train=TaskTrainConfig(patience=2, epochs=6, progress=False))
     data = [Instance(["a"], label="x")]
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         summary = train(_Head(), _Scripted([0.0] * 6), cfg, data, data, _Maker(), None)
