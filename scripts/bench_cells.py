@@ -41,6 +41,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchlib  # noqa: E402
 from elmo.bilm import BiLM  # noqa: E402
 from elmo.config import CELLS  # noqa: E402
 from elmo.io import atomic_path  # noqa: E402
@@ -205,14 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-only", action="store_true",
                    help="time only the recurrent layers (forward + backward), no training run")
     p.add_argument("--steps", type=int, default=10, help="timed batches per cell with --layers-only")
+    benchlib.add_output_flags(p, None)
     p.add_argument("--one", choices=CELLS, help=argparse.SUPPRESS)  # internal: run one cell here
     return p
+
+
+def write_markdown(args, argv, title: str, lines: list) -> None:
+    """--markdown: the table as a section of that file (cells-MATCH, or cells-layers-MATCH)."""
+    section = args.section or f"cells-{'layers-' if args.layers_only else ''}{args.match}"
+    config = (f"cells {', '.join(args.cells)}, preset {args.preset}, "
+              f"{'equal parameters' if args.match == 'params' else 'equal H'}, seed {args.seed}"
+              + ("" if args.layers_only else f", {args.budget_tokens:,} training tokens per cell, held-out "
+                 f"perplexity on at most {args.eval_tokens:,} tokens of {os.path.relpath(args.data, ROOT)}") + ".")
+    benchlib.write_section(args.markdown, section, benchlib.section_text(
+        section, title, benchlib.command_line(__file__, argv), config, lines, threads=args.threads))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.layers_only:
-        print(layers_only(args))
+        text = layers_only(args)
+        print(text)
+        if args.markdown:
+            title, _, table_lines = text.partition("\n")
+            write_markdown(args, argv, title[0].upper() + title[1:], table_lines.strip("\n").split("\n"))
         return 0
     if not os.path.exists(args.data):
         print(f"bench_cells: no training data at {args.data}; run: python scripts/get_data.py",
@@ -247,6 +266,8 @@ def main(argv=None) -> int:
         f.write(f"{title}\n\n{text}\n")
     if args.plot:
         plot(rows, args.plot, title)
+    if args.markdown:
+        write_markdown(args, argv, f"Recurrent cells: {title}", text.split("\n"))
     return 0
 
 

@@ -101,3 +101,22 @@ def test_the_harness_imports_no_optional_package():
     code = ("import sys; sys.modules['datasets'] = None; sys.path.insert(0, 'scripts'); import benchlib; "
             "assert 'torch' not in sys.modules, 'benchlib imports torch at import time'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_bench_cells_layers_only_writes_its_section(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_cells", os.path.join(ROOT, "scripts", "bench_cells.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    page = tmp_path / "benchmarks.md"
+    argv = ["--layers-only", "--cells", "lstm", "gru", "--steps", "1", "--threads", "1", "--batch-size", "4",
+            "--window", "5", "--markdown", str(page)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    assert text.count("<!-- bench:cells-layers-params -->") == 1
+    assert "Configuration: cells lstm, gru, preset tiny, equal parameters" in text
+    rows = [line for line in text.splitlines() if line.startswith("| lstm |") or line.startswith("| gru |")]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+    assert all(row in printed for row in rows)
