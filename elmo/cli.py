@@ -47,9 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the average of the layers, (n, 2P)")
     ap.set_defaults(output_format="all")
     ap.add_argument("--model", help="model directory (this package's format, or one holding the "
-                                    "original options.json + weights .hdf5)")
-    ap.add_argument("--options-file", help="original options.json")
-    ap.add_argument("--weight-file", help="original weights .hdf5")
+                                    "original options.json + weights .hdf5); also an http(s) URL of "
+                                    "one, a hub id org/name[@revision], or a release name such as "
+                                    "elmo-original (needs network; see elmo.hub)")
+    ap.add_argument("--options-file", help="original options.json (a path or an http(s) URL)")
+    ap.add_argument("--weight-file", help="original weights .hdf5 (a path or an http(s) URL)")
+    ap.add_argument("--sha256", metavar="HEX", help="expected sha256 of the weights file, checked "
+                    "when it is downloaded (a URL, hub id or release)")
     ap.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     ap.add_argument("--max-tokens-per-batch", type=int, default=6000,
                     help="cap on padded tokens per batch, bounds memory (default 6000)")
@@ -162,7 +166,7 @@ def main(argv: Optional[list] = None) -> int:
             args.model, options_file=args.options_file, weight_file=args.weight_file,
             device=args.device, dtype=dtype, batch_size=args.batch_size,
             max_tokens_per_batch=args.max_tokens_per_batch, stateful=args.stateful,
-            compile=args.compile)
+            compile=args.compile, sha256=args.sha256)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         return _fail(f"cannot load the model: {_first_line(e)}")
     except RuntimeError as e:

@@ -443,6 +443,13 @@ def test_cli_accepts_a_url_and_a_hub_id(server, cache, hub_cache, fixture_bytes,
     assert main([str(text), str(tmp_path / "bad.hdf5"), "--quiet", "--device", "cpu",
                  "--model", f"{server.url}/cli2"]) == 2
     assert not os.path.exists(tmp_path / "bad.hdf5")
+    # --sha256: the user's digest for a download that publishes none
+    server.add("/cli3/options.json", options)
+    server.add("/cli3/weights.hdf5", weights)
+    assert main([str(text), str(tmp_path / "s.hdf5"), "--quiet", "--device", "cpu",
+                 "--model", f"{server.url}/cli3", "--sha256", "3" * 64]) == 2
+    assert main([str(text), str(tmp_path / "s.hdf5"), "--quiet", "--device", "cpu",
+                 "--model", f"{server.url}/cli3", "--sha256", _sha(weights)]) == 0
 
 
 def test_pretrain_init_and_task_model_take_a_url(server, cache, tmp_path, tiny_config):
