@@ -209,15 +209,19 @@ class ElmoBiLM(nn.Module):
         self._state = map_state(lambda new, old: torch.cat([new, old[new.shape[0]:]]), final, self._state)
 
     @torch.no_grad()
-    def set_warm_state(self, char_ids: torch.Tensor) -> None:
-        """Store a fixed initial state: the final state after reading ``char_ids`` (1, T, C) in order.
+    def set_warm_state(self, char_ids: TokenBatch | torch.Tensor) -> None:
+        """Store a fixed initial state: the final state after reading one row in order, char ids
+        (1, T, C) or a ``TokenBatch`` of one row.
 
         Every later batch (stateless mode) starts from it: still deterministic, but not cold.
         Pass one long row (e.g. a few sentences with their <S>/</S> tokens) and
         ``add_boundaries`` is not applied. The state is saved with the model.
         """
-        if char_ids.dim() != 3 or char_ids.shape[0] != 1:
-            raise ValueError(f"set_warm_state expects char ids of one row (1, T, C), got {tuple(char_ids.shape)}")
+        shape = tuple(char_ids.index.shape if isinstance(char_ids, TokenBatch) else char_ids.shape)
+        rows_ok = len(shape) == (2 if isinstance(char_ids, TokenBatch) else 3) and shape[0] == 1
+        if not rows_ok:
+            raise ValueError(f"set_warm_state expects char ids of one row (1, T, C) or a TokenBatch "
+                             f"of one row, got {shape}")
         was_training, stateful = self.training, self.stateful
         self.eval()
         self.stateful = False

@@ -111,3 +111,17 @@ def test_bad_token_batches(tiny_config):
         model(TokenBatch(tokens.token_chars + 300, tokens.index))
     with pytest.raises(TypeError, match="ElmoBiLM takes a TokenBatch or char ids"):
         model([["the", "cat"]])
+
+
+def test_warm_state_from_a_token_batch_equals_from_char_ids(tiny_config):
+    torch.manual_seed(0)
+    text = [["<S>", "Some", "text", ".", "</S>", "<S>", "Some"]]
+    a, b = ElmoBiLM(tiny_config), ElmoBiLM(tiny_config)
+    b.load_state_dict(a.state_dict())
+    a.set_warm_state(batch_to_ids(text))
+    b.set_warm_state(batch_to_tokens(text))
+    for (fa, ba), (fb, bb) in zip(a.bilm.default_state(1), b.bilm.default_state(1)):
+        for x, y in zip(fa + ba, fb + bb):
+            assert torch.equal(x, y) and x.abs().max() > 0
+    with pytest.raises(ValueError, match=r"one row \(1, T, C\) or a TokenBatch of one row, got \(2, 7\)"):
+        a.set_warm_state(batch_to_tokens(text * 2))
