@@ -471,3 +471,16 @@ def test_pretrain_init_and_task_model_take_a_url(server, cache, tmp_path, tiny_c
     cfg = TaskConfig()
     _same(_load_elmo(Args, cfg), model)
     assert cfg.elmo.source == f"{server.url}/init"
+
+
+def test_the_hub_cache_is_found_through_hf_hub_cache_in_a_fresh_process(hub_cache, tmp_path):
+    root, _, second = hub_cache
+    text = tmp_path / "in.txt"
+    text.write_text("The hub test .\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root), "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "elmo.cli", str(text), str(tmp_path / "o.hdf5"), "--top",
+                          "--quiet", "--device", "cpu", "--model", f"org/tiny-elmo@{B}"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with h5py.File(tmp_path / "o.hdf5") as f:
+        np.testing.assert_allclose(f["0"][...], _layers(second)[0][-1], atol=1e-6)
