@@ -32,7 +32,7 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 0) ->
 
     Positions past a row's length stay where they are; applying it twice is the identity.
     A contiguous x is reordered as whole D-vectors (``index_select``, whose backward adds whole
-    rows too): 5x faster in training than an element-wise ``gather`` for a 32 x 14 x 1174 batch.
+    rows too), which trains faster than an element-wise ``gather`` (figures: docs/benchmarks.md).
     """
     if time_dim not in (0, 1):
         raise ValueError(f"time_dim must be 0 or 1, got {time_dim}")

@@ -53,8 +53,8 @@ def evaluate(model: nn.Module, task: Task, instances: Sequence[Instance], maker:
 
 def make_adam(params: list, lr: float) -> torch.optim.Optimizer:
     """Adam, as one fused kernel where this torch supports it for the parameters (CPU since
-    torch 2.4, CUDA): in a cached NER epoch the optimizer step fell from 5% to 1.5% of the time.
-    The update is the same as the per-tensor loop's, up to float rounding."""
+    torch 2.4, CUDA), a visible share of a cached NER step otherwise (docs/benchmarks.md). The
+    update is the same as the per-tensor loop's, up to float rounding."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
