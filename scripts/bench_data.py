@@ -272,8 +272,12 @@ def main() -> None:
                    help="biLM of the training runs: toy (16-dim, the default) or the tiny preset")
     p.add_argument("--batches", type=int, default=300, help="batches timed for batch production")
     p.add_argument("--no-raw", action="store_true", help="skip the raw-text path (slow, memory-hungry)")
+    p.add_argument("--report-all", action="store_true",
+                   help="the table also holds the sizes measured earlier into --work "
+                        "(bench_data_results.json); sizes found there are not measured again")
     p.add_argument("--full-up-to", default="10M",
-                   help="the implicit-preparation run and the raw path's batch rate only up to this size")
+                   help="up to this size also: preparation with 1 worker and with the punct tokenizer, "
+                        "the raw path's resumed start and batch rate, the implicit-preparation run")
     args = p.parse_args()
     sizes = [parse_count(s) for s in args.tokens.split(",")]
     args.full_up_to = parse_count(args.full_up_to)
@@ -286,8 +290,14 @@ def main() -> None:
     print(f"# bench_data: sizes {args.tokens}, training runs: {args.model} biLM, 128 x 20 window batches, "
           f"{args.threads} torch thread(s), {args.steps} steps; load average at start "
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
-    results = []
+    results_path = os.path.join(args.work, "bench_data_results.json")
+    saved = {}
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            saved = json.load(f)
     for n in sizes:
+        if args.report_all and str(n) in saved:
+            continue  # measured by an earlier invocation
         name = f"synthetic-{n // 10**6}M" if n >= 10**6 else f"synthetic-{n}"
         text = os.path.join(args.work, name + ".txt")
         meta = make_corpus(text, n, args.data_dir)
@@ -295,7 +305,9 @@ def main() -> None:
         print(f"\n## {name}: {meta['tokens']:,} tokens, {meta['lines']:,} lines, {mib(meta['size'])} "
               f"of text (sampled from {meta['pool_lines']:,} real lines)", flush=True)
         prepared = os.path.join(args.work, name + ".prepared")
-        for tokenizer, workers in (("whitespace", 1), ("punct", 2), ("whitespace", 2)):
+        cases = (("whitespace", 1), ("punct", 2), ("whitespace", 2)) if n <= args.full_up_to else \
+            (("whitespace", 2),)
+        for tokenizer, workers in cases:
             s, cpu = timed_prepare(text, prepared, tokenizer, workers)
             r[f"prep_{tokenizer}_{workers}"] = s
             r[f"prep_{tokenizer}_{workers}_cpu"] = cpu
@@ -314,7 +326,10 @@ def main() -> None:
             first = train_start(train, out, args.steps, args.threads, prep, False, env, args.model)
             if label == "raw":
                 r["hf_cache_bytes"] = du(env["HF_DATASETS_CACHE"]) if os.path.isdir(env["HF_DATASETS_CACHE"]) else 0
-            resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env, args.model)
+            if label == "prepared" or n <= args.full_up_to:
+                resumed = train_start(train, out, args.steps + 1, args.threads, prep, True, env, args.model)
+            else:  # the raw path reads the whole text again: as long as the first start
+                resumed = {"first": {"seconds": float("nan"), "cpu_seconds": float("nan")}}
             runs[label] = {"first": first, "resumed": resumed}
             print(f"{label:8s} first step {first['first']['seconds']:6.1f} s ({first['first']['cpu_seconds']:.1f} CPU s),"
                   f" resumed step {resumed['first']['seconds']:6.1f} s ({resumed['first']['cpu_seconds']:.1f} CPU s); peak RSS at step 1 {first['first']['peak_mib']:,.0f}"
@@ -346,8 +361,12 @@ def main() -> None:
                   f"({r['batch_raw'][1] / 1e6:.2f}M with the (B, T, 50) char ids; "
                   f"{r['batch_raw'][2] / 1e6:.2f}M per wall second)", flush=True)
         shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
-        results.append(r)
-    report(results, args)
+        r["load_average"] = os.getloadavg()
+        saved[str(n)] = r
+        with open(results_path, "w") as f:
+            json.dump(saved, f, indent=1)
+    report([saved[str(n)] for n in sorted(set(sizes + [int(k) for k in saved])) if str(n) in saved
+            and (n in sizes or args.report_all)], args)
 
 
 def report(results: list, args) -> None:
@@ -395,23 +414,33 @@ def report(results: list, args) -> None:
         a, b = results[0], results[-1]
         dt = b["tokens"] - a["tokens"]
         print(f"\nExtrapolated to 1B tokens (the slope between {a['tokens'] / 1e6:.0f}M and "
-              f"{b['tokens'] / 1e6:.0f}M tokens):")
+              f"{b['tokens'] / 1e6:.0f}M tokens; CPU seconds are this process's own, wall seconds "
+              f"depend on the machine's load):")
 
-        def at_1b(fa, fb):
+        def at_1b(get):
+            try:
+                fa, fb = get(a), get(b)
+            except KeyError:
+                return float("nan")
             return fb + (fb - fa) / dt * (1e9 - b["tokens"])
 
-        print(f"- prepared corpus on disk: {at_1b(a['prepared_bytes'], b['prepared_bytes']) / 2**30:.1f} GiB;"
-              f" preparation with 2 workers: {at_1b(a['prep_whitespace_2'], b['prep_whitespace_2']) / 60:.1f} min")
+        print(f"- prepared corpus on disk: {at_1b(lambda r: r['prepared_bytes']) / 2**30:.1f} GiB "
+              f"(text: {at_1b(lambda r: r['text_bytes']) / 2**30:.1f} GiB); preparation with 2 workers: "
+              f"{at_1b(lambda r: r['prep_whitespace_2_cpu']) / 60:.1f} CPU minutes, "
+              f"{at_1b(lambda r: r['prep_whitespace_2']) / 60:.1f} min wall")
         for label in ("prepared", "raw"):
             if label not in a["runs"] or label not in b["runs"]:
                 continue
-            ra, rb = a["runs"][label], b["runs"][label]
-            print(f"- {label}: first step after {at_1b(ra['first']['first']['seconds'], rb['first']['first']['seconds']):.0f} s,"
-                  f" resumed step after {at_1b(ra['resumed']['first']['seconds'], rb['resumed']['first']['seconds']):.0f} s,"
-                  f" peak RSS {at_1b(ra['first']['last']['peak_mib'], rb['first']['last']['peak_mib']) / 1024:.1f} GiB"
-                  f" per process (growth {a['tokens'] / 1e6:.0f}M -> {b['tokens'] / 1e6:.0f}M:"
-                  f" {rb['first']['last']['peak_mib'] - ra['first']['last']['peak_mib']:+,.0f} MiB)")
-    best = min(r["batch_prepared"][0] for r in results)
+            first = lambda key: lambda r: r["runs"][label]["first"]["first"][key]  # noqa: E731
+            resumed = lambda key: lambda r: r["runs"][label]["resumed"]["first"][key]  # noqa: E731
+            peak = lambda r: r["runs"][label]["first"]["last"]["peak_mib"]  # noqa: E731
+            text = (f"- {label}: first step after {at_1b(first('cpu_seconds')):.0f} CPU s "
+                    f"({at_1b(first('seconds')):.0f} s wall)")
+            if b["runs"][label]["resumed"]["first"]["cpu_seconds"] == b["runs"][label]["resumed"]["first"]["cpu_seconds"]:
+                text += f", resumed step after {at_1b(resumed('cpu_seconds')):.0f} CPU s"
+            print(text + f", peak RSS {at_1b(peak) / 1024:.1f} GiB per process (growth "
+                  f"{a['tokens'] / 1e6:.0f}M -> {b['tokens'] / 1e6:.0f}M tokens: {peak(b) - peak(a):+,.0f} MiB)")
+    best = min(r["batch_prepared"][0] for r in results)  # tokens per CPU second
     print(f"\nA training step at ORIGINAL size on one GPU consumes about {GPU_TOKENS_PER_S:,} tokens/s "
           f"(DESIGN.md, 'Scale and GPUs'); one core produces prepared window batches at "
           f"{best / 1e6:.2f}M tokens/s, {best / GPU_TOKENS_PER_S:.1f}x that.")
