@@ -298,7 +298,7 @@ def _merge(out_dir: str, plan: dict, max_characters: int = MAX_CHARACTERS_PER_TO
             n_sentences += len(z["lengths"])
     if n_sentences == 0:
         where = plan["hub"]["name"] if plan["hub"] else ", ".join(s["path"] for s in plan["sources"])
-        raise ValueError(f"{where}: no text to prepare (every line is blank)")
+        raise ValueError(f"{where}: no training text (every line is blank)")
     index = {BOS_TOKEN: 1, EOS_TOKEN: 2}
     words = ["", BOS_TOKEN, EOS_TOKEN]
     counts = np.zeros(1 << 16, np.int64)
@@ -439,7 +439,7 @@ def prepare(specs: Sequence[str], out_dir: str, tokenizer: str = "whitespace", w
                 done(_prepare_hub(plan["hub"]["name"], text_field, tokenizer, heldout_fraction,
                                   _shard_path(out_dir, 0)))
         else:
-            # pandas' factorize saves ~1 s per 10M tokens; importing it costs ~1.5 s (once: the
+            # pandas' factorize takes ~35% less CPU than dicts; importing it costs ~1.5 s (once: the
             # workers are forked after it).
             use_pandas = total_bytes >= _PANDAS_BYTES and _import_pandas()
             tasks = [(files[plan["shards"][k][0]], plan["shards"][k][1], plan["shards"][k][2],

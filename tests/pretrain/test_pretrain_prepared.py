@@ -270,7 +270,7 @@ def test_bad_files_are_handled_as_the_raw_path_handles_them(tmp_path, caplog):
     with pytest.raises(ValueError, match="every file is empty"):
         prepare([str(empty)], str(tmp_path / "e"))
     blank = write_lines(str(tmp_path / "blank.txt"), ["", "   ", "\t"])
-    with pytest.raises(ValueError, match="no text to prepare"):
+    with pytest.raises(ValueError, match="no training text"):
         prepare([blank], str(tmp_path / "b"))
 
 
