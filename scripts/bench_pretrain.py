@@ -326,8 +326,9 @@ def main(argv=None) -> int:
         if args.markdown:
             device = args.device.split(":")[0]
             section = args.section or ("pretrain-gpu-grid" if device != "cpu" else "pretrain-gpu-grid-on-cpu")
+            compiled = ", ".join(map(str, args.compile_rows))
             config = (f"{lines[0]}; configs {', '.join(args.configs)}, rows {', '.join(map(str, args.rows))} eager"
-                      f"{', ' + ', '.join(map(str, args.compile_rows)) + ' compiled (train.compile)' if args.compile_rows else ''}; "
+                      f"{', ' + compiled + ' compiled (train.compile)' if compiled else ''}; "
                       "the steps timed as one block (one synchronisation at each end), batches prefetched "
                       "one step ahead; model FLOPs per token by train_flops_per_token.")
             benchlib.write_section(args.markdown, section, benchlib.section_text(
@@ -379,7 +380,8 @@ def main(argv=None) -> int:
                       benchlib.fmt(r["allennlp"] and r["allennlp"]["tokens_per_s"]),
                       benchlib.fmt(r["allennlp"] and r["allennlp"]["peak_mib"]),
                       f"{r['ratio']:.2f}x" if r["ratio"] else "-") for r in results["peer_shape"]]
-        step_rows = [(r["config"], f"sampled ({args.samples:,})" if r["softmax_kind"] == "sampled" else r["softmax_kind"],
+        step_rows = [(r["config"],
+                      f"sampled ({args.samples:,})" if r["softmax_kind"] == "sampled" else r["softmax_kind"],
                       f"{r['tokens_per_s']:,.0f}", f"{r['peak_mib']:,.0f}") for r in results["train_step"]]
         body = benchlib.markdown_table(["config", "ours tokens/s", "ours peak MiB", "AllenNLP tokens/s",
                                         "AllenNLP peak MiB", "ratio"], peer_rows, right=(1, 2, 3, 4, 5))

@@ -294,7 +294,8 @@ def report_lines(result: dict, args) -> list:
         per_step = 1e3 * r["cached_epoch_s"] / -(-r["sentences"] // r["batch_size"])
         lines += ["", f"Phases of the cached training step (`--phases`: torch.profiler over the first {n} steps "
                       f"of one more cached epoch of tasks.train.train; the profiled steps took "
-                      f"{1e3 * ph['total'] / n:.1f} ms each, the unprofiled cached epoch {per_step:.1f} ms per step):", ""]
+                      f"{1e3 * ph['total'] / n:.1f} ms each, the unprofiled cached epoch "
+                      f"{per_step:.1f} ms per step):", ""]
         rows = [(name, f"{1e3 * ph[name] / n:.2f}", f"{100 * ph[name] / ph['total']:.1f}%")
                 for name in PHASES + ("other",)]
         rows.append(("whole step", f"{1e3 * ph['total'] / n:.2f}", "100%"))

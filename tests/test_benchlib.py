@@ -43,7 +43,8 @@ def test_ensure_weights_writes_once_and_loads(tmp_path):
 def test_run_worker_returns_the_last_json_line(tmp_path):
     script = tmp_path / "w.py"
     script.write_text("import json, sys\nspec = json.loads(sys.argv[2])\nprint('noise')\n"
-                      "if spec.get('fail'):\n    sys.exit('bad | thing')\nprint(json.dumps({'twice': 2 * spec['x']}))\n")
+                      "if spec.get('fail'):\n    sys.exit('bad | thing')\n"
+                      "print(json.dumps({'twice': 2 * spec['x']}))\n")
     assert benchlib.run_worker(str(script), {"x": 21}) == {"twice": 42}
     with pytest.raises(RuntimeError, match="bad"):
         benchlib.run_worker(str(script), {"x": 1, "fail": True})
