@@ -121,3 +121,40 @@ def test_bench_cells_layers_only_writes_its_section(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| lstm |") or line.startswith("| gru |")]
     assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
     assert all(row in printed for row in rows)
+
+
+def _load(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _section(text, name):
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    assert text.count(begin) == 1 and text.count(end) == 1
+    return text[text.index(begin) : text.index(end)]
+
+
+def test_bench_embed_and_pretrain_write_their_sections(tmp_path, capsys):
+    """The CPU tables of both scripts (tiny sizes, no peer) land in one page, each in its section."""
+    page = tmp_path / "benchmarks.md"
+    embed = _load("bench_embed")
+    assert embed.main(["--configs", "tiny", "--runs", "1", "--file-sentences", "8", "--dtypes", "float32",
+                       "--no-peer", "--threads", "1", "--weights-dir", str(tmp_path / "w"),
+                       "--markdown", str(page)]) == 0
+    pretrain = _load("bench_pretrain")
+    assert pretrain.main(["--configs", "tiny", "--softmax", "sampled", "--steps", "1", "--vocab", "2000",
+                          "--samples", "64", "--no-peer", "--threads", "1", "--weights-dir", str(tmp_path / "w2"),
+                          "--markdown", str(page)]) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    inference = _section(text, "embed-cpu")
+    rows = [line for line in inference.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 2 and "batch 32x20-30 (822 tok)" in rows[0] and "file 8 sent" in rows[1]
+    assert all(row in printed for row in rows) and "AllenNLP peer: not run" in inference
+    training = _section(text, "pretrain-cpu")
+    assert "| tiny | sampled (64) |" in training and "2,000-word vocabulary" in training
+    assert text.index("bench:embed-cpu") < text.index("bench:pretrain-cpu")  # appended in run order
