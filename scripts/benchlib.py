@@ -185,6 +185,8 @@ def machine(device: str = "cpu", threads: Optional[int] = None) -> str:
         parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
     if str(device).startswith("cuda") and torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name(torch.device(device))}, CUDA {torch.version.cuda}")
+    if hasattr(os, "getloadavg"):  # other jobs on the machine slow a run down: say how busy it was
+        parts.append(f"load average {os.getloadavg()[0]:.1f} when written")
     return ", ".join(parts)
 
 
