@@ -225,7 +225,9 @@ def write_markdown(args, argv, title: str, lines: list) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    benchlib.check_output_flags(parser, args)
     if args.layers_only:
         text = layers_only(args)
         print(text)

@@ -267,6 +267,7 @@ def main(argv=None) -> int:
     benchlib.add_output_flags(ap, None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    benchlib.check_output_flags(ap, args)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0

@@ -313,6 +313,7 @@ def main(argv=None) -> int:
     benchlib.add_output_flags(p, None)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    benchlib.check_output_flags(p, args)
     if args.worker:
         spec = json.loads(args.worker)
         worker = {"peer_shape": worker_peer_shape, "gpu_step": worker_gpu_step}.get(spec["kind"],

@@ -323,6 +323,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead")
     benchlib.add_output_flags(p, None)
     args = p.parse_args(argv)
+    benchlib.check_output_flags(p, args)
     logging.basicConfig(level=logging.WARNING)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,6 @@ PEER_DIR = os.path.join(ROOT, "..", "shared", "peers", "allennlp-elmo")
 REFENV = os.environ.get("REFENV", "/tmp/refenv")
 # our preset names -> the peer scripts' names for the same sizes
 PEER_NAMES = {"tiny": "tiny", "small": "small", "original": "full"}
-BENCHMARKS_MD = os.path.join(ROOT, "docs", "benchmarks.md")
 
 
 # -- the peer (AllenNLP 2.10.1, ../shared/peers/allennlp-elmo) -------------------------------------
@@ -266,11 +265,28 @@ def write_section(path: str, name: str, text: str) -> None:
     write_text_atomic(path, new)
 
 
-def add_output_flags(parser, section: str) -> None:
-    """The output flags every bench script takes: --markdown FILE, --section NAME."""
+def add_output_flags(parser, section: Optional[str] = None) -> None:
+    """The output flags every bench script takes: --markdown FILE, --section NAME (``section``: the
+    default name, or None where the script names the section after the run's configuration)."""
     parser.add_argument("--markdown", metavar="FILE",
                         help="also write the tables, with the command, commit, machine and configuration, "
-                             f"as a section of FILE (e.g. docs/benchmarks.md), replacing an earlier one")
+                             "as a section of FILE (e.g. docs/benchmarks.md), replacing an earlier one")
     parser.add_argument("--section", default=section,
-                        help=f"the section's name in --markdown (default {section}); one per configuration "
-                             "you want to keep side by side")
+                        help="the section's name in --markdown (default: "
+                             f"{section or 'named after the script and the configuration'})")
+
+
+def check_output_flags(parser, args) -> None:
+    """Refuse an unusable --markdown before any measurement runs (argparse's one-line error, exit 2)."""
+    path = getattr(args, "markdown", None)
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"--markdown {path} is a folder; give a markdown file such as docs/benchmarks.md")
+    if not os.path.isdir(folder):
+        parser.error(f"--markdown {path}: the folder {folder} does not exist; create it or pick another file")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        parser.error(f"--markdown {path}: not writable")
+    if args.section is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.section):
+        parser.error(f"--section {args.section!r}: use letters, digits, '.', '_' or '-'")

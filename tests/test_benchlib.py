@@ -158,3 +158,17 @@ def test_bench_embed_and_pretrain_write_their_sections(tmp_path, capsys):
     training = _section(text, "pretrain-cpu")
     assert "| tiny | sampled (64) |" in training and "2,000-word vocabulary" in training
     assert text.index("bench:embed-cpu") < text.index("bench:pretrain-cpu")  # appended in run order
+
+
+@pytest.mark.parametrize("script", ["bench_embed", "bench_pretrain", "bench_tasks", "bench_cells"])
+def test_an_unusable_markdown_file_is_refused_before_measuring(script, tmp_path, capsys):
+    bench = _load(script)
+    for argv, message in ([["--markdown", str(tmp_path / "no" / "b.md")], "does not exist"],
+                          [["--markdown", str(tmp_path)], "is a folder"],
+                          [["--markdown", str(tmp_path / "b.md"), "--section", "a b"], "--section"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err
+    assert not (tmp_path / "b.md").exists()
