@@ -184,15 +184,19 @@ class LMSoftmax(nn.Module):
         log_q_samples = torch.log(expected_count(samples, V, num_tries)).float()  # (S,)
         log_q_true = torch.log(expected_count(targets, V, num_tries)).float()  # (N,)
         # One gather for negatives and targets: each index op makes a dense (V, dim) gradient.
+        # Column S is a spare that is never a negative (-inf): rows without an accidental hit mask
+        # it instead, so the hits are removed by one in-place scatter of fixed shape.
         S = len(samples)
-        rows = self.weight[torch.cat([samples, targets])]  # (S + N, dim)
-        bias = self.bias[torch.cat([samples, targets])].float()  # (S + N,)
-        neg_bias = (bias[:S] - log_q_samples).masked_fill(~valid, float("-inf"))  # (S,)
-        sampled = torch.mm(hidden, rows[:S].to(hidden.dtype).t()).float() + neg_bias  # (N, S)
-        true = (hidden.float() * rows[S:].float()).sum(-1) + bias[S:] - log_q_true  # (N,)
-        # Accidental hits: a negative equal to the row's target is not a negative for that row
-        # (one scatter at each row's candidate position; no data-dependent shapes).
+        index = torch.cat([samples, samples[:1], targets])
+        rows = self.weight[index]  # (S + 1 + N, dim)
+        bias = self.bias[index].float()  # (S + 1 + N,)
+        usable = torch.cat([valid, valid.new_zeros(1)])  # (S + 1,)
+        neg_bias = (bias[: S + 1] - torch.cat([log_q_samples, log_q_samples[:1]])).masked_fill(
+            ~usable, float("-inf"))  # (S + 1,)
+        sampled = torch.mm(hidden, rows[: S + 1].to(hidden.dtype).t()).float() + neg_bias  # (N, S + 1)
+        true = (hidden.float() * rows[S + 1 :].float()).sum(-1) + bias[S + 1 :] - log_q_true  # (N,)
+        # Accidental hits: a negative equal to the row's target is not a negative for that row.
         pos = torch.searchsorted(samples, targets).clamp_(max=S - 1).unsqueeze(1)  # (N, 1)
         hit = samples[pos] == targets.unsqueeze(1)  # (N, 1)
-        sampled = sampled.scatter(1, pos, sampled.gather(1, pos).masked_fill(hit, float("-inf")))
+        sampled.scatter_(1, torch.where(hit, pos, S), float("-inf"))
         return torch.logaddexp(true, torch.logsumexp(sampled, dim=-1)) - true

@@ -136,3 +136,21 @@ def test_adaptive_softmax_is_a_normalised_distribution():
     torch.testing.assert_close(sm(h, t), -logp[torch.arange(6), t], atol=1e-5, rtol=1e-5)
     tiny = LMSoftmax(16, 5, SoftmaxConfig(kind="adaptive"))  # cutoffs above the vocabulary size
     assert torch.isfinite(tiny(h, t % 5)).all()
+
+
+def test_invalid_candidate_slots_are_not_negatives():
+    """Slots marked invalid (a repeated id: too few distinct draws) change nothing; nor does the
+    spare column that rows without an accidental hit mask."""
+    from pretrain.softmax import Candidates
+
+    V, dim = 30, 4
+    sm = LMSoftmax(dim, V, SoftmaxConfig(kind="sampled", num_samples=5)).train()
+    with torch.no_grad():
+        sm.bias.normal_()
+    h, targets = torch.randn(6, dim), torch.tensor([3, 7, 3, 29, 1, 8])
+    tries = torch.tensor(40)
+    short = Candidates(torch.tensor([1, 3, 8]), tries, torch.tensor([True, True, True]))
+    padded = Candidates(torch.tensor([1, 3, 3, 8, 8]), tries, torch.tensor([True, True, False, True, False]))
+    want = reference_sampled_loss(h, sm.weight.detach(), sm.bias.detach(), targets, short.ids, tries, V)
+    np.testing.assert_allclose(sm(h, targets, short).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sm(h, targets, padded).detach().numpy(), want, rtol=1e-5, atol=1e-5)
