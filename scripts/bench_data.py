@@ -12,7 +12,8 @@ and the prepared path (``elmo-prepare``, then ``--train CORPUS_DIR``):
 - size on disk (text, the prepared directory, the ``datasets`` cache the raw path writes);
 - time to the first training step and to the first step of a resumed run, measured from the
   process start (imports included), each in a fresh process running ``pretrain.run.run``;
-- peak resident memory (ru_maxrss) at the first step and after ``--steps`` steps;
+- peak resident memory (VmHWM: ru_maxrss would include the parent's, kept across exec) at the
+  first step and after ``--steps`` steps;
 - batch production tokens/s on one thread (window mode, 128 x 20, ``WindowBatcher.next_batch``:
   the distinct tokens' character ids and both targets; then also the (B, T, 50) char id tensor).
 
@@ -151,7 +152,7 @@ def _train_child(argv: list[str]) -> None:
 
     def rss() -> dict:
         status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-        return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        return {"peak_mib": int(status["VmHWM"].split()[0]) / 1024,
                 "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
                 "file_mib": int(status["RssFile"].split()[0]) / 1024}
 
@@ -237,7 +238,7 @@ def _reader(corpus_dir: str, rank: int, world: int, queue) -> None:
     queue.put({"rank": rank, "sentences": n_sentences, "tokens": n_tokens,
                "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
                "file_mib": int(status["RssFile"].split()[0]) / 1024,
-               "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "peak_mib": int(status["VmHWM"].split()[0]) / 1024})
 
 
 def shared_readers(corpus_dir: str, world: int = 2) -> list:
