@@ -1,6 +1,9 @@
-"""Training text: files, globs, folders or a hub dataset, read through ``datasets``, tokenized.
+"""Training text: files, globs, folders or a hub dataset, tokenized.
 
-One line is one training "sentence" (a sentence or a paragraph); blank lines are skipped. The
+One line is one training "sentence" (a sentence or a paragraph); blank lines are skipped. Lines end
+at ``\n`` only (a ``\r\n`` ending is one line break, a lone ``\r`` stays inside its line), as
+``elmo-embed`` and the task readers read them: local files are read here, not through ``datasets``'
+text loader, which splits at a lone ``\r`` too. A hub dataset name goes through ``datasets``. The
 held-out part is a separate input, or a fraction of the lines chosen by a hash of the line's text
 (so it is the same in every epoch, in streaming mode, and duplicated lines never straddle the
 split). Files are checked before reading: an empty file is skipped with a warning, a file that
@@ -29,6 +32,7 @@ from pretrain.vocab import WordTable
 logger = logging.getLogger(__name__)
 
 _SNIFF_BYTES = 1 << 16
+_CHUNK_BYTES = 4 << 20
 
 
 def resolve_files(specs: Sequence[str]) -> list[str]:
@@ -151,17 +155,96 @@ def _looks_local(spec: str) -> bool:
     return bool(parent) and os.path.isdir(parent)
 
 
-def open_text(specs: Sequence[str], streaming: bool, text_field: str = "text"):
-    """A ``datasets`` dataset of lines for local inputs, or a hub dataset name (needs network)."""
-    import datasets
+def text_chunks(path: str, start: int = 0, stop: Optional[int] = None,
+                chunk_bytes: int = _CHUNK_BYTES) -> Iterator[str]:
+    """Bytes [start, stop) of a file as text in chunks of whole lines (about ``chunk_bytes`` each;
+    a longer line is one chunk), decoded as UTF-8 with bad bytes replaced by U+FFFD
+    (``check_text_file`` warns about them).
 
+    Lines end at ``\n`` only: ``\r\n`` becomes ``\n``, a lone ``\r`` stays inside its line, and a
+    ``\r`` that ends the range is dropped (the end of the file's last line). Every chunk but the
+    range's last ends with ``\n``; ``lines_of`` cuts a chunk into its lines."""
+    if stop is None:
+        stop = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining, carry = stop - start, b""
+        while remaining > 0 or carry:
+            data = f.read(min(chunk_bytes, remaining)) if remaining > 0 else b""
+            remaining -= len(data)
+            data = carry + data
+            if remaining > 0:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than the chunk: read on
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+            text = data.decode("utf-8", "replace")
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+                if remaining <= 0 and text.endswith("\r"):
+                    text = text[:-1]
+            yield text
+
+
+def lines_of(text: str) -> list[str]:
+    """A chunk of ``text_chunks`` -> its lines (without their ``\n``; blank ones included)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the piece after the chunk's final newline
+    return lines
+
+
+def file_lines(path: str) -> Iterator[str]:
+    """Every line of a text file (blank ones included), split at ``\n`` only (see ``text_chunks``)."""
+    for text in text_chunks(path):
+        yield from lines_of(text)
+
+
+def _text_files(specs: Sequence[str]) -> Optional[list[str]]:
+    """The files (checked, empty ones skipped) of local inputs; None for a hub dataset name."""
     local = [s for s in specs if _looks_local(s)]
     if local and len(local) == len(specs):
         files = [f for f in resolve_files(specs) if check_text_file(f)]
         if not files:
             raise ValueError(f"{', '.join(specs)}: every file is empty; there is no text to train on")
-        return datasets.load_dataset("text", data_files={"train": files}, split="train",
-                                     streaming=streaming, encoding_errors="replace")
+        return files
+    return None
+
+
+def _rows(files: list) -> Iterator[dict]:
+    """``datasets`` generator: one {"text": line} per line of ``files`` (a shard per file)."""
+    for path in files:
+        for line in file_lines(path):
+            yield {"text": line}
+
+
+def read_lines(specs: Sequence[str], text_field: str = "text") -> Iterator[str]:
+    """Non-blank lines of local inputs (read directly, in file order) or of a hub dataset."""
+    files = _text_files(specs)
+    if files is None:
+        yield from iter_lines(open_text(specs, False, text_field))
+        return
+    for path in files:
+        for line in file_lines(path):
+            if line and not line.isspace():
+                yield line
+
+
+def open_text(specs: Sequence[str], streaming: bool, text_field: str = "text"):
+    """A ``datasets`` dataset of lines: for local inputs an ``IterableDataset`` (one shard per file,
+    lines read by ``file_lines``; ``streaming`` makes no difference), else a hub dataset name
+    (needs network)."""
+    import datasets
+
+    files = _text_files(specs)
+    if files is not None:
+        return datasets.IterableDataset.from_generator(
+            _rows, features=datasets.Features({"text": datasets.Value("string")}),
+            gen_kwargs={"files": files})
+    local = [s for s in specs if _looks_local(s)]
     if local:
         raise ValueError(f"mix of local paths and other names: {list(specs)}; pass either files, "
                          "folders and globs, or one hub dataset name")
@@ -226,12 +309,12 @@ def load_corpus(train: Sequence[str], heldout: Optional[Sequence[str]], table: W
     tokenize = get_tokenizer(tokenizer)
     train_ids, held_ids = [], []
     fraction = 0.0 if heldout else heldout_fraction
-    for line in iter_lines(open_text(train, False, text_field)):
+    for line in read_lines(train, text_field):
         tokens = tokenize(line)
         if tokens:
             (held_ids if is_heldout(line, fraction) else train_ids).append(table.encode(tokens))
     if heldout:
-        for line in iter_lines(open_text(heldout, False, text_field)):
+        for line in read_lines(heldout, text_field):
             tokens = tokenize(line)
             if tokens:
                 held_ids.append(table.encode(tokens))

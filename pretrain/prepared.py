@@ -45,7 +45,7 @@ import numpy as np
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, MAX_CHARACTERS_PER_TOKEN, word_to_char_ids
 from elmo.io import atomic_path, clean_orphans, write_json_atomic
 from pretrain.corpus import (EncodedCorpus, _looks_local, check_text_file, get_tokenizer, iter_lines,
-                             open_text, resolve_files)
+                             open_text, resolve_files, text_chunks)
 from pretrain.vocab import SPECIALS, Vocabulary, WordTable
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ WORDS, COUNTS, HELD_COUNTS = "words.txt", "counts.npy", "heldout_counts.npy"
 CHARS, ALPHA = "chars.npy", "alpha_rank.npy"
 _FILES = (TOKENS, OFFSETS, HASHES, WORDS, COUNTS, HELD_COUNTS, CHARS, ALPHA)
 SHARD_BYTES = 64 << 20
-_CHUNK_BYTES = 4 << 20
 _PANDAS_BYTES = 48 << 20
 
 
@@ -141,9 +140,9 @@ class _ShardEncoder:
         self.num_tokens = 0
 
     def add_text(self, text: str) -> int:
-        """Lines of ``text`` (newline-separated, no carriage returns). (Tokenizing all lines of a
-        chunk in one ``str.split`` and counting each line's tokens from the bytes measured no
-        faster than this loop: hashing the tokens is what costs.)"""
+        """Lines of ``text`` (a chunk of ``text_chunks``: lines end at ``\\n``). (Tokenizing all
+        lines of a chunk in one ``str.split`` and counting each line's tokens from the bytes
+        measured no faster than this loop: hashing the tokens is what costs.)"""
         return self.add_lines(text.split("\n"))
 
     def add_lines(self, lines: Iterable[str]) -> int:
@@ -204,35 +203,11 @@ class _ShardEncoder:
         return {"tokens": len(ids), "sentences": len(lengths)}
 
 
-def _file_text(path: str, start: int, stop: int) -> Iterator[str]:
-    """Bytes [start, stop) as text in chunks of whole lines, as ``datasets``' text loader reads
-    them: decoded as UTF-8 with bad bytes replaced, universal newlines (lines split on newline)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        remaining, carry = stop - start, b""
-        while remaining > 0 or carry:
-            data = f.read(min(_CHUNK_BYTES, remaining)) if remaining > 0 else b""
-            remaining -= len(data)
-            data = carry + data
-            if remaining > 0:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:  # a line longer than the chunk: read on
-                    carry = data
-                    continue
-                data, carry = data[:cut], data[cut:]
-            else:
-                carry = b""
-            text = data.decode("utf-8", "replace")
-            if "\r" in text:
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            yield text
-
-
 def _prepare_shard(task: tuple) -> dict:
     """Worker: tokenize one shard of one file and write ``out_path``."""
     path, start, stop, tokenizer, fraction, out_path, use_pandas = task
     enc = _ShardEncoder(tokenizer, fraction, use_pandas)
-    for text in _file_text(path, start, stop):
+    for text in text_chunks(path, start, stop):  # as the raw path reads them
         enc.add_text(text)
     summary = enc.save(out_path)
     summary["bytes"] = stop - start

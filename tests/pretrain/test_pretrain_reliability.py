@@ -185,3 +185,60 @@ def test_weights_that_do_not_fit_the_model_are_one_line_on_resume(run_dir, capsy
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{path}: its weights do not fit the model of the run's configuration (" in err
     assert "size mismatch" in err
+
+
+def test_a_lone_carriage_return_does_not_split_a_line(tmp_path):
+    """Lines end at \\n only, on every reading path (in memory, streaming, prepared): a lone \\r
+    stays inside its line (one sentence, later lines keep their places), while \\r\\n (and a \\r
+    ending the file) is one line break, so a CRLF file reads as its LF twin, held-out hash included."""
+    import numpy as np
+
+    from pretrain.corpus import StreamingCorpus, load_corpus
+    from pretrain.prepared import PreparedCorpus, prepare
+    from pretrain.vocab import WordTable
+
+    lines = toy_sentences(40, seed=5)
+    lines[10] = "left half\rright half ."
+    path = tmp_path / "cr.txt"
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    raw = path.read_bytes()
+    assert raw.count(b"\n") == 40 and raw.count(b"\r") == 1
+
+    def sentences(corpus, table):
+        return [[table.words[t] for t in corpus[i]] for i in range(len(corpus))]
+
+    table = WordTable()
+    train, held = load_corpus([str(path)], None, table, "whitespace", 0.0)
+    got = sentences(train, table)
+    assert len(got) == raw.count(b"\n") and len(held) == 0
+    assert got[10] == ["left", "half", "right", "half", "."]
+    assert got[11] == lines[11].split() and got[-1] == lines[-1].split()  # later lines not shifted
+
+    stream_table = WordTable()
+    stream = StreamingCorpus([str(path)], stream_table, "whitespace", 0.0, shuffle_buffer=8)
+    assert stream.scan(None)[2] == 40
+    streamed = [[stream_table.words[t] for t in s] for s in stream.sentences(epoch=0, seed=1)]
+    assert sorted(streamed) == sorted(got)
+
+    prepare([str(path)], str(tmp_path / "prep"), shard_bytes=200)  # several shards
+    corpus = PreparedCorpus(str(tmp_path / "prep"))
+    p_train, _, _ = corpus.split(0.0)
+    assert sentences(p_train, corpus.word_table()) == got
+
+    # CRLF line ends (the last line ended by a bare \r) read as the LF file, on both sides of a split.
+    lf = write_lines(str(tmp_path / "lf.txt"), toy_sentences(200, seed=6))
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(open(lf, "rb").read().replace(b"\n", b"\r\n")[:-1])
+    for fraction in (0.0, 0.3):
+        a_table, b_table = WordTable(), WordTable()
+        a = load_corpus([lf], None, a_table, "whitespace", fraction)
+        b = load_corpus([str(crlf)], None, b_table, "whitespace", fraction)
+        assert a_table.words == b_table.words and "\r" not in "".join(b_table.words)
+        assert len(b[1]) > 0 if fraction else len(b[1]) == 0
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.ids, y.ids)
+            np.testing.assert_array_equal(x.offsets, y.offsets)
+    prepare([str(crlf)], str(tmp_path / "prep_crlf"), shard_bytes=300)
+    prepared = PreparedCorpus(str(tmp_path / "prep_crlf"))
+    for x, y in zip(prepared.split(0.3)[:2], a):  # a: the LF file at fraction 0.3
+        assert sentences(x, prepared.word_table()) == sentences(y, a_table)
