@@ -55,3 +55,13 @@ def test_inductor_compiled_steps_give_the_eager_losses():
     torch._dynamo.reset()
     eager, compiled = losses(False, "sampled"), losses(True, "sampled")
     assert max(abs(a - b) for a, b in zip(eager, compiled)) < 1e-5, (eager, compiled)
+
+
+def test_the_compile_flag_sets_the_config_field(tmp_path):
+    from pretrain.cli import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--train", "x.txt", "--out", str(tmp_path / "run"), "--compile",
+                                      "--max-steps", "3"])
+    assert resolve_config(args).train.compile is True
+    args = build_parser().parse_args(["--train", "x.txt", "--out", str(tmp_path / "run"), "--max-steps", "3"])
+    assert resolve_config(args).train.compile is False
