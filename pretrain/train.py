@@ -303,12 +303,15 @@ class Trainer:
         return StepMetrics({"step": self.step, "lr": lr, "tokens": lambda: self.tokens},
                            device_metrics)
 
-    def check_finite(self) -> None:
-        """Raise ``NonFiniteError`` if a step since the last check had a non-finite loss or
-        gradient norm (one read of a device flag), or the weights are not finite."""
+    def check_finite(self, weights: bool = True) -> None:
+        """Raise ``NonFiniteError`` if a step so far had a non-finite loss or gradient norm (one
+        read of a device flag), or, with ``weights``, the weights are not finite (one pass over
+        them: before a checkpoint)."""
         bad = int(self._bad_step)
         if bad >= 0:
             raise NonFiniteError(bad, float("nan"), float("nan"))
+        if not weights:
+            return
         flags = torch.stack([torch.isfinite(p).all() for p in self.lm.parameters()])
         if not bool(flags.all()):
             raise NonFiniteError(self.step, float("nan"), float("nan"))
@@ -394,7 +397,7 @@ class Trainer:
                     if self.callback is not None and self.callback(self, metrics):
                         self.stop_requested = True
                     if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                        self.check_finite()
+                        self.check_finite(weights=False)
                         now = time.perf_counter()
                         tokens = self.tokens
                         record = {**metrics, "loss_mean": float(self._interval_loss) / n_losses,
