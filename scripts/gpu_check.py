@@ -74,7 +74,7 @@ def run_tests(p: dict, budget: Budget) -> dict:
            os.path.join(ROOT, "tests", "test_cuda.py"), *p["tests"]]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                             timeout=max(10.0, min(240.0, budget.left())))
+                             timeout=max(10.0, min(150.0, budget.left())))
     except subprocess.TimeoutExpired:
         return {"part": "tests/test_cuda.py", "note": "timed out"}
     tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-200:]
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="the same logic on the CPU, tiny sizes")
     ap.add_argument("--out", help="folder for gpu_check.md / .json (default $OUT, else runs/gpu_check)")
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds for everything (default 450)")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds for everything (default 420)")
     ap.add_argument("--selfcheck", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     p = plan(args.dry_run)

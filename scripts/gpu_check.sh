@@ -16,5 +16,5 @@ PY=.venv/bin/python
 if ! "$PY" -c "import elmo, pretrain" 2>/dev/null; then
     "$PY" -m pip install -q -e . --no-deps >/dev/null 2>&1 || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-BUDGET=${GPU_CHECK_BUDGET:-450}
-exec timeout $((BUDGET + 60)) "$PY" scripts/gpu_check.py --budget "$BUDGET" "$@"
+BUDGET=${GPU_CHECK_BUDGET:-420}
+exec timeout $((BUDGET + 50)) "$PY" scripts/gpu_check.py --budget "$BUDGET" "$@"
