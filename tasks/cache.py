@@ -53,13 +53,14 @@ def compute_layers(bilm: ElmoBiLM, sentences: Sequence[Sequence[str]], batch_siz
     """Yield (index, layers (L+1, n, 2P) float32 on the CPU) for every sentence, longest first."""
     order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
     device = next(bilm.parameters()).device
+    width = bilm.config.char_cnn.max_characters_per_token  # 50 in every released model
     was_training = bilm.training
     bilm.eval()
     try:
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc="ELMo layers", unit="batch", disable=not progress):
             rows = order[s : s + batch_size]
-            tokens = batch_to_tokens([sentences[i] for i in rows]).to(device)
+            tokens = batch_to_tokens([sentences[i] for i in rows], width).to(device)
             with torch.inference_mode():
                 stacked = torch.stack(bilm(tokens).layers).float().cpu()  # (L+1, B, T, 2P)
             stacked = stacked.clone()  # an ordinary tensor (autograd may save it later)

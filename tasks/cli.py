@@ -225,7 +225,8 @@ def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
         logger.info("ELMo layer cache: %d sentences computed in %.1f s (%d cached)", n,
                     time.perf_counter() - started, len(cache))
     model = task.build(cfg, len(words) if words is not None else 0, labels, bilm)
-    maker = BatchMaker(words, labels, head.lowercase_words, model.encoder.needs_chars(cache is not None), cache)
+    maker = BatchMaker(words, labels, head.lowercase_words, model.encoder.needs_chars(cache is not None), cache,
+                       model.encoder.char_width())
     summary = train(model, task, cfg, train_targets, dev_data, maker, labels,
                     log_path=os.path.join(args.out, "metrics.jsonl"),
                     on_best=lambda m, epoch, scores: save_weights(args.out, m, cfg))
@@ -257,7 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.train.progress = not args.quiet
     data = task.read(args.data, cfg)
-    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars())
+    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars(),
+                       max_characters=model.encoder.char_width())
     scores, _ = evaluate(model, task, data, maker, labels, cfg)
     if args.json:
         print(json.dumps({"task": cfg.task, "data": args.data, "metric": task.METRIC, **scores}))
@@ -279,7 +281,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg, task, words, labels, model = load_model(args.model_dir, args.device)
     cfg.train.progress = not args.quiet
     data = _read_for_prediction(task, cfg, args.data)
-    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars())
+    maker = BatchMaker(words, labels, cfg.head.lowercase_words, need_chars=model.encoder.needs_chars(),
+                       max_characters=model.encoder.char_width())
     predictions = task.decode(predict(model, data, maker, cfg), labels, cfg)
     with atomic_open(args.output, "w") as f:
         task.write(data, predictions, f)

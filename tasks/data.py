@@ -14,6 +14,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from elmo import ElmoOutput, TokenBatch, batch_to_tokens
+from elmo.chars import MAX_CHARACTERS_PER_TOKEN
 from tasks.readers import Instance
 
 PAD, UNK = "@@PAD@@", "@@UNK@@"
@@ -77,12 +78,16 @@ class Batch:
 
 
 class BatchMaker:
-    """Builds ``Batch`` es for one task model: which inputs it needs and where the layers come from."""
+    """Builds ``Batch`` es for one task model: which inputs it needs and where the layers come from.
+
+    ``max_characters``: the width of the character ids, the model's ``max_characters_per_token``
+    (``TokenEncoder.char_width``; 50 in every released ELMo)."""
 
     def __init__(self, words: Optional[Vocabulary], labels: Vocabulary, lowercase: bool = False,
-                 need_chars: bool = False, cache=None) -> None:
+                 need_chars: bool = False, cache=None,
+                 max_characters: int = MAX_CHARACTERS_PER_TOKEN) -> None:
         self.words, self.labels, self.lowercase = words, labels, lowercase
-        self.need_chars, self.cache = need_chars, cache
+        self.need_chars, self.cache, self.max_characters = need_chars, cache, max_characters
 
     def make(self, instances: Sequence[Instance], index: list, with_targets: bool = True) -> Batch:
         tokens = [instances[i].tokens for i in index]
@@ -90,7 +95,7 @@ class BatchMaker:
         lengths = torch.tensor([len(t) for t in tokens])
         batch = Batch(mask=torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1), index=list(index))
         if self.need_chars:
-            batch.tokens = batch_to_tokens(tokens)
+            batch.tokens = batch_to_tokens(tokens, self.max_characters)
         if self.words is not None:
             batch.word_ids = torch.zeros(B, T, dtype=torch.long)
             for b, t in enumerate(tokens):

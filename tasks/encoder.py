@@ -19,6 +19,7 @@ from torch import nn
 from elmo import CharCNNConfig, ElmoBiLM, ElmoOutput, ScalarMix, TokenBatch
 from elmo.bilm import reverse_padded
 from elmo.char_cnn import CharCNN
+from elmo.chars import MAX_CHARACTERS_PER_TOKEN
 from tasks.config import TaskConfig
 from tasks.data import Batch
 
@@ -80,6 +81,14 @@ class TokenEncoder(nn.Module):
         """Whether batches must carry character ids: for the char CNN, or for the biLM when its
         layers are not ``cached``."""
         return self.char_cnn is not None or (self.bilm is not None and not cached)
+
+    def char_width(self) -> int:
+        """The width of the character ids batches carry: the biLM's ``max_characters_per_token``
+        (the head's own char CNN, width-agnostic, reads the same ids), else the char CNN's."""
+        if self.bilm is not None:
+            return self.bilm.config.char_cnn.max_characters_per_token
+        return self.char_cnn.config.max_characters_per_token if self.char_cnn is not None else \
+            MAX_CHARACTERS_PER_TOKEN
 
     def run_elmo(self, tokens: TokenBatch) -> ElmoOutput:
         """Run the biLM on a batch's tokens: layers L+1 x (B, T, 2P), mask (B, T)."""

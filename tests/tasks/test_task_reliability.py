@@ -284,3 +284,61 @@ def test_orphaned_temporary_files_are_removed_at_the_next_run(model_dir, tmp_pat
     other.write_text("half")
     assert main(["predict", copy, "--data", data, "--output", str(pred), "--quiet"]) == 0
     assert not stale.exists() and other.exists() and pred.exists()
+
+
+def test_a_model_60_characters_wide_trains_cached_and_recomputed(tmp_path, capsys):
+    """Issue 14 pt 5 on the task side: an original-format ELMo whose max_characters_per_token is 60
+    (the task's batches and the layer cache used to build ids 50 wide: a size error). Training with
+    the cache and without it (the biLM run on every batch) gives the same losses and dev F1; the
+    cached layers are the model's own on 60-wide ids (a 70-byte word is seen past 48 bytes), and
+    evaluate/predict of the saved folder (the biLM run again) score what training scored."""
+    import numpy as np
+    from conftest import make_tiny_config
+
+    from elmo import ElmoBiLM, batch_to_ids, load_original, save_original
+    from tasks.cache import LayerCache
+
+    config = make_tiny_config()
+    config.char_cnn.max_characters_per_token = 60
+    torch.manual_seed(0)
+    options, weights = str(tmp_path / "options.json"), str(tmp_path / "weights.hdf5")
+    save_original(ElmoBiLM(config), options, weights)
+    bilm = load_original(options, weights).eval()
+    assert bilm.config.char_cnn.max_characters_per_token == 60
+    long_word = "Llan" + "x" * 66  # 70 bytes: truncated to 58 + the word's begin and end marks
+    data = ner_file(tmp_path / "train.txt", 6)
+    with open(data, "a") as f:
+        f.write(f"Ann B-PER\nwent O\nto O\n{long_word} B-LOC\n\n")
+
+    sentence = ["Ann", "went", "to", long_word]
+    cache = LayerCache(bilm, batch_size=2)
+    cache.fill([sentence, ["Bob", "went", "to", "Oslo"]])
+    with torch.no_grad():
+        want = torch.stack(bilm(batch_to_ids([sentence], max_characters_per_token=60)).layers)[:, 0]
+        cut = torch.stack(bilm(batch_to_ids([sentence[:3] + [long_word[:48]]], 60)).layers)[:, 0]
+    torch.testing.assert_close(cache.get(sentence), want, atol=1e-6, rtol=0)
+    assert (cache.get(sentence) - cut).abs().max() > 1e-4  # the characters past 48 bytes count
+
+    runs = {}
+    for name, extra in (("cached", []), ("recomputed", ["--set", "cache=none"])):
+        out = str(tmp_path / name)
+        capsys.readouterr()
+        assert main(["train", "ner", "--train", data, "--dev", data, "--out", out, "--options-file", options,
+                     "--weight-file", weights, "--epochs", "1", "--seed", "3", *extra, *SMALL]) == 0, \
+            capsys.readouterr().err
+        summary = json.loads(capsys.readouterr().out.strip())
+        log = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+        runs[name] = (summary, log[0])
+    (cached, cached_log), (recomputed, recomputed_log) = runs["cached"], runs["recomputed"]
+    assert cached_log["bilm_calls"] == 0 and recomputed_log["bilm_calls"] == 4  # 2 train + 2 dev batches (7 sentences)
+    assert np.isfinite(cached_log["train_loss"])
+    assert recomputed_log["train_loss"] == pytest.approx(cached_log["train_loss"], abs=1e-5)
+    assert recomputed["dev"] == pytest.approx(cached["dev"], abs=1e-9)
+
+    out = str(tmp_path / "cached")
+    assert ElmoBiLM.from_pretrained(os.path.join(out, "elmo")).config.char_cnn.max_characters_per_token == 60
+    capsys.readouterr()
+    assert main(["evaluate", out, "--data", data, "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(cached["dev"], abs=1e-9)
+    assert main(["predict", out, "--data", data, "--output", str(tmp_path / "pred.txt"), "--quiet"]) == 0
+    assert f"{long_word} B-LOC " in open(tmp_path / "pred.txt").read()
