@@ -270,11 +270,15 @@ def phase_seconds(cfg, bilm, train_data, cache, max_batches: int = 0, trace: str
     return seconds
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def report_lines(result: dict, args) -> list:
     """The run's report: a title line, then markdown tables (the epochs, and the phases with --phases)."""
     r = result
     lines = [f"NER epoch on {r['sentences']} sentences ({r['tokens']} tokens), ELMo {r['model']}, "
-             f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}, batch {r['batch_size']}", ""]
+             f"{plural(r['threads'], 'thread')}, batch {r['batch_size']}", ""]
     rows = [("ELMo recomputed every batch", f"{r['recomputed_epoch_s']:.1f}", "1.0x"),
             ("cached layers", f"{r['cached_epoch_s']:.1f}", f"{r['speedup']:.1f}x"),
             ("filling the cache (once)", f"{r['cache_fill_s']:.1f}", "")]
@@ -375,10 +379,10 @@ def main(argv=None) -> int:
         section = args.section or f"tasks-{args.preset if not args.model else 'model'}-{len(data)}-t{result['threads']}"
         config = (f"NER head (CoNLL-2003 defaults), batch {args.batch_size}, {len(data):,} training sentences "
                   f"({tokens:,} tokens) from {os.path.relpath(args.train, ROOT)}, ELMo {result['model']}, "
-                  f"{args.epochs} epoch(s) per mode, {result['threads']} torch threads.")
+                  f"{args.epochs} epoch(s) per mode, {plural(result['threads'], 'torch thread')}.")
         benchlib.write_section(args.markdown, section, benchlib.section_text(
             section, f"NER training epoch, ELMo recomputed vs cached ({result['model']}, "
-            f"{result['threads']} threads)", benchlib.command_line(__file__, argv), config, lines[1:],
+            f"{plural(result['threads'], 'thread')})", benchlib.command_line(__file__, argv), config, lines[2:],
             threads=result["threads"]))
     return 0
 
