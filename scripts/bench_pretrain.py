@@ -342,7 +342,8 @@ def main(argv=None) -> int:
     print(f"# torch {torch.__version__}, threads {args.threads}, device {args.device}, "
           f"precision {args.precision}, cpu {torch.backends.cpu.get_cpu_capability()}")
     results = {"peer_shape": [], "train_step": []}
-    peer_ok = not args.no_peer and benchlib.peer_available()
+    # the peer runs on the CPU only: beside a GPU run its figures would compare two machines
+    peer_ok = not args.no_peer and args.device == "cpu" and benchlib.peer_available()
     print("\n## Same shape as AllenNLP: 32 x 20 tokens (+<S>,</S>), 10k-word full softmax, "
           "forward + backward (no optimizer step)")
     print("| config | ours tokens/s | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB | ratio |")
