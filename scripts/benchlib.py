@@ -15,7 +15,6 @@ import os
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 from typing import Iterable, Optional, Sequence
@@ -118,6 +117,8 @@ def peak_mib(device: str = "cpu") -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
+    import resource  # POSIX only; imported here so that the rest of the harness works elsewhere
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
