@@ -33,6 +33,7 @@ from torch import nn
 
 from elmo.chars import PADDING_CHAR, bos_eos_char_ids
 from elmo.lstm import FORGET_BIAS, LstmProjection
+from elmo.weights import original_lstm_problems
 
 NO_CLIP = 3.0e38  # "no clipping" as a number (the exported graph has one code path)
 
@@ -75,22 +76,13 @@ with warnings.catch_warnings():  # torch.jit.script is deprecated, and still wha
 
 def check_exportable(model) -> None:
     """Raise a ValueError naming every setting the exported graph does not compute."""
-    b = model.config.bilm
-    problems = []
-    if b.cell != "lstm":
-        problems.append(f"cell={b.cell!r}")
-    if b.transition_depth != 1:
-        problems.append(f"transition_depth={b.transition_depth}")
-    if b.input_skip_connections:
-        problems.append("input_skip_connections=true")
-    if b.recurrent_dropout_kind == "zoneout":
-        problems.append("recurrent_dropout_kind='zoneout'")
+    problems = original_lstm_problems(model.config)
     layers = list(model.bilm.forward_layers) + list(model.bilm.backward_layers)
     if not problems and not all(type(layer) is LstmProjection for layer in layers):
         problems.append("a biLM layer that is not elmo.lstm.LstmProjection")
     if problems:
         raise ValueError("the ONNX export covers the original LSTM biLM only; this model has "
-                         + ", ".join(problems))
+                         + "; ".join(problems))
 
 
 def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -200,8 +200,9 @@ def save_original(model: ElmoBiLM, options_file: str | os.PathLike, weight_file:
             writer(tmp, arrays if writer is _write_hdf5 else model.config.to_options())
 
 
-def check_original_compatible(config: ElmoConfig) -> None:
-    """Raise a ValueError naming every setting the original format cannot hold.
+def original_lstm_problems(config: ElmoConfig) -> list[str]:
+    """The settings that make a biLM other than the original LSTM one, each with its reason
+    (empty for the original). The original weight format and the ONNX export both need it.
 
     Variational and semeniuta recurrent dropout are allowed: they act only in training, so the
     exported LSTM computes the same outputs. Zoneout changes the evaluation-time function.
@@ -209,13 +210,19 @@ def check_original_compatible(config: ElmoConfig) -> None:
     b = config.bilm
     problems = []
     if b.cell != "lstm":
-        problems.append(f"cell={b.cell!r} (the original format holds only the LSTM)")
+        problems.append(f"cell={b.cell!r} (the original biLM is an LSTM)")
     if b.transition_depth != 1:
         problems.append(f"transition_depth={b.transition_depth} (extra transition weights)")
     if b.input_skip_connections:
         problems.append("input_skip_connections=true (the original has no such connections)")
     if b.recurrent_dropout_kind == "zoneout":
         problems.append("recurrent_dropout_kind='zoneout' (it changes the evaluation-time outputs)")
+    return problems
+
+
+def check_original_compatible(config: ElmoConfig) -> None:
+    """Raise a ValueError naming every setting the original format cannot hold."""
+    problems = original_lstm_problems(config)
     if problems:
         raise ValueError("cannot write the original ELMo format (options.json + weights.hdf5) for this "
                          "model: " + "; ".join(problems) + ". Save it with ElmoBiLM.save_pretrained "
