@@ -7,17 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from elmo import ElmoBiLM
 from elmo import cli
 from elmo.featurizer import Embedder
 
 LINES = ["The cat sat .", "", "Zürich is nice", "a b c d e f g h i j k", "ok"]
-
-
-@pytest.fixture
-def model_dir(tmp_path, tiny_config):
-    ElmoBiLM(tiny_config).save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
 
 
 @pytest.fixture

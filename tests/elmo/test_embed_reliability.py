@@ -23,12 +23,6 @@ LINES = [" ".join(f"w{j}" for j in range(1 + i % 7)) for i in range(80)]
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny_config):
-    ElmoBiLM(tiny_config).save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
-
-
-@pytest.fixture
 def src(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
