@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from elmo import ElmoBiLM, Embedder, batch_to_ids, load_original
+from elmo import ElmoBiLM, Embedder, load_original
 from elmo import hub
 from elmo.hub import ChecksumError, DownloadError
 
