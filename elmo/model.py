@@ -40,10 +40,8 @@ from elmo.bilm import BiLM, BiLMState, detach_state, map_state
 from elmo.char_cnn import CharCNN, check_char_ids
 from elmo.chars import TokenBatch, bos_eos_char_ids
 from elmo.config import ElmoConfig
+from elmo.hub import CONFIG_NAME  # the file names of a model folder live in elmo.hub
 from elmo.scalar_mix import ScalarMix
-
-CONFIG_NAME = "elmo_config.json"
-WEIGHTS_NAME = "elmo_weights.pt"
 
 
 class ElmoOutput(NamedTuple):
@@ -267,7 +265,7 @@ class ElmoBiLM(nn.Module):
         (options.json + weights.hdf5 / a single *.hdf5). ``sha256`` is the weights file's
         expected digest (checked on download)."""
         from elmo.hub import resolve_model
-        from elmo.serialization import SAFETENSORS_NAME, find_weights, load_weights
+        from elmo.serialization import SAFETENSORS_NAME, TORCH_NAME, find_weights, load_weights
         from elmo.weights import find_original_files, load_original
 
         directory = resolve_model(directory, revision=revision, sha256=sha256, cache=cache)
@@ -277,14 +275,14 @@ class ElmoBiLM(nn.Module):
             if original is None:
                 raise FileNotFoundError(
                     f"{directory}: no model found; expected {CONFIG_NAME} + {SAFETENSORS_NAME} or "
-                    f"{WEIGHTS_NAME} (this package's format) or options.json + a weights .hdf5 file "
+                    f"{TORCH_NAME} (this package's format) or options.json + a weights .hdf5 file "
                     "(the original format)")
             return load_original(*original)
         model = cls(ElmoConfig.load(config_path))
         weights = find_weights(directory)
         if weights is None:
             raise FileNotFoundError(f"{directory}: {CONFIG_NAME} is there but the weights "
-                                    f"({SAFETENSORS_NAME} or {WEIGHTS_NAME}) are missing")
+                                    f"({SAFETENSORS_NAME} or {TORCH_NAME}) are missing")
         model.load_state_dict(load_weights(weights, map_location), strict=True)
         return model
 
