@@ -20,7 +20,9 @@ and used by both implementations:
   run by onnxruntime (CPU, --threads intra-op threads) on the same batch, strings -> char ids
   included, median of --runs after 2 warm-ups; its top layer's maximum difference from ours.
 
-Each measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
+"CPU ms/call" is the median process CPU time of a timed batch call (all threads; on a machine shared
+with other jobs it moves less than the wall-clock rate, best read with --threads 1). Each
+measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
 The AllenNLP side runs when its environment exists (shared/peers/allennlp-elmo/setup.sh, default
 /tmp/refenv). ``--device cuda`` times only the featurizer on that device (``worker_gpu``: no peer,
 no file; float32 and bfloat16; neither ``datasets`` nor the peer is imported). Prints one table;
@@ -177,22 +179,24 @@ def worker_cpu(spec: dict) -> dict:
         session = OnnxBiLM(path, threads=spec["threads"])
         batch = make_batch()
         n_tok = sum(map(len, batch))
-        times = []
+        times, cpu = [], []
         for i in range(2 + spec["runs"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             layers, _ = session(batch_to_ids(batch))
             if i >= 2:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
         np.save(spec["save"], layers[-1])
         med = statistics.median(times)
-        return {"tokens_per_s": n_tok / med, "ms": med * 1000, "tokens": n_tok, "peak_mib": peak_mib()}
+        return {"tokens_per_s": n_tok / med, "ms": med * 1000, "tokens": n_tok,
+                "cpu_ms": 1000 * statistics.median(cpu), "peak_mib": peak_mib()}
     if spec["mode"] == "batch":
         batch = make_batch()
         n_tok = sum(map(len, batch))
-        times, model_times = [], []
+        times, model_times, cpu = [], [], []
         with torch.inference_mode():
             for i in range(2 + spec["runs"]):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 ids = batch_to_ids(batch)
                 t1 = time.perf_counter()
                 out = embedder.model(ids)
@@ -200,13 +204,14 @@ def worker_cpu(spec: dict) -> dict:
                 if i >= 2:
                     times.append(t2 - t0)
                     model_times.append(t2 - t1)
+                    cpu.append(time.process_time() - c0)
         top = out.layers[-1].float().numpy()
         if spec.get("save"):
             np.save(spec["save"], top)
         med = statistics.median(times)
         return {"tokens_per_s": n_tok / med, "model_tokens_per_s": n_tok / statistics.median(model_times),
                 "best_tokens_per_s": n_tok / min(times), "ms": med * 1000, "tokens": n_tok,
-                "peak_mib": peak_mib()}
+                "cpu_ms": 1000 * statistics.median(cpu), "peak_mib": peak_mib()}
     t0 = time.perf_counter()
     embedder.embed_file(spec["input"], spec["output"], output="all")
     dt = time.perf_counter() - t0
@@ -310,7 +315,7 @@ def main(argv=None) -> int:
                 a, b = np.load(ref_top), np.load(spec["save"])
                 err = f"max abs err {np.abs(a - b).max():.3g} (max abs x {np.abs(a).max():.3g})"
             rows.append((size, f"batch 32x20-30 ({r['tokens']} tok)", dtype, r["tokens_per_s"],
-                         peer_batch["tokens_per_s"] if peer_batch else None, r["peak_mib"],
+                         peer_batch["tokens_per_s"] if peer_batch else None, r["cpu_ms"], r["peak_mib"],
                          peer_batch["peak_mib"] if peer_batch else None, err))
         if args.onnx:
             spec = dict(base, mode="onnx", dtype="float32", size=size,
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
                 if a.shape == b.shape:
                     note = f"onnxruntime {ort_version()}; top layer max abs diff from torch {np.abs(a - b).max():.2g}"
             rows.append((size, f"batch 32x20-30 ({r['tokens']} tok), onnxruntime", "float32",
-                         r["tokens_per_s"], None, r["peak_mib"], None, note))
+                         r["tokens_per_s"], None, r["cpu_ms"], r["peak_mib"], None, note))
         n_tok = None
         ours_h5 = os.path.join(tmp, f"{size}_ours.hdf5")
         r = run_worker(dict(base, mode="file", dtype="float32", input=src, output=ours_h5))
@@ -336,15 +341,16 @@ def main(argv=None) -> int:
             if peer_file:
                 parity = f"max abs diff to AllenNLP {max_diff_hdf5(ref_h5, ours_h5):.2g}"
         rows.append((size, f"file {args.file_sentences} sent ({n_tok} tok)", "float32",
-                     r["tokens_per_s"], peer_file["tokens_per_s"] if peer_file else None,
+                     r["tokens_per_s"], peer_file["tokens_per_s"] if peer_file else None, None,
                      r["peak_mib"], peer_file["peak_mib"] if peer_file else None, parity))
 
     table = benchlib.markdown_table(
-        ["size", "workload", "dtype", "ours tok/s", "AllenNLP tok/s", "ratio", "ours peak MiB", "AllenNLP peak MiB",
-         "note"],
+        ["size", "workload", "dtype", "ours tok/s", "AllenNLP tok/s", "ratio", "ours CPU ms/call", "ours peak MiB",
+         "AllenNLP peak MiB", "note"],
         [(size, work, dtype, f"{ours:,.0f}", benchlib.fmt(theirs), f"{ours / theirs:.2f}x" if theirs else "-",
-          f"{mem:,.0f}", benchlib.fmt(pmem), note) for size, work, dtype, ours, theirs, mem, pmem, note in rows],
-        right=(3, 4, 5, 6, 7))
+          benchlib.fmt(cpu), f"{mem:,.0f}", benchlib.fmt(pmem), note)
+         for size, work, dtype, ours, theirs, cpu, mem, pmem, note in rows],
+        right=(3, 4, 5, 6, 7, 8))
     print()
     print("\n".join(table))
     if args.markdown:

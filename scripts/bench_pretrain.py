@@ -24,6 +24,8 @@ Two tables:
 eagerly and --compile-rows compiled, for each --configs: tokens/s, ms per step, peak memory and
 model FLOPs utilisation against --peak-tflops (neither ``datasets`` nor the peer is imported).
 
+"CPU ms/step" is the median process CPU time of a timed step (all threads; on a machine shared
+with other jobs it moves less than the wall-clock rate, best read with --threads 1).
 Each measurement runs in a fresh process, so "peak MiB" is that run's maximum resident memory
 (on CUDA: peak allocated GPU memory). The AllenNLP side runs when its environment exists
 (shared/peers/allennlp-elmo/setup.sh; default /tmp/refenv, or $REFENV). ``--markdown FILE`` also
@@ -103,10 +105,10 @@ def worker_peer_shape(spec: dict) -> dict:
     lm = BidirectionalLM(bilm.config, len(vocab), SoftmaxConfig(kind="full"), bilm=bilm).to(device).train()
     from pretrain.train import autocast
 
-    times = []
+    times, cpu = [], []
     for i in range(1 + spec["steps"]):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lm.zero_grad(set_to_none=True)
         batch = pad_sentences([table.encode(s) for s in sentences], table).to(device)  # strings included
         with autocast(device, spec["precision"]):
@@ -116,9 +118,10 @@ def worker_peer_shape(spec: dict) -> dict:
         _sync(device)
         if i >= 1:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     n_tok = sum(map(len, sentences))
     return {"tokens_per_s": n_tok / statistics.median(times), "best": n_tok / min(times),
-            "tokens": n_tok, "peak_mib": peak_mib(spec["device"])}
+            "cpu_ms": 1000 * statistics.median(cpu), "tokens": n_tok, "peak_mib": peak_mib(spec["device"])}
 
 
 def worker_train_step(spec: dict) -> dict:
@@ -143,17 +146,19 @@ def worker_train_step(spec: dict) -> dict:
     lm = BidirectionalLM(config.model, len(table.vocab), config.softmax)
     batcher = WindowBatcher(corpus, table, spec["batch"], spec["window"], seed=0)
     trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=device))
-    times = []
+    times, cpu = [], []
     for i in range(1 + spec["steps"]):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train_step(batcher.next_batch())
         _sync(device)
         if i >= 1:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     tokens = spec["batch"] * spec["window"]
     return {"tokens_per_s": tokens / statistics.median(times), "best": tokens / min(times),
-            "tokens": tokens, "peak_mib": peak_mib(spec["device"]), "softmax_kind": lm.softmax.kind}
+            "cpu_ms": 1000 * statistics.median(cpu), "tokens": tokens, "peak_mib": peak_mib(spec["device"]),
+            "softmax_kind": lm.softmax.kind}
 
 
 # -- the GPU training step (scripts/gpu_check.sh) ---------------------------------------------------
@@ -346,8 +351,9 @@ def main(argv=None) -> int:
     peer_ok = not args.no_peer and args.device == "cpu" and benchlib.peer_available()
     print("\n## Same shape as AllenNLP: 32 x 20 tokens (+<S>,</S>), 10k-word full softmax, "
           "forward + backward (no optimizer step)")
-    print("| config | ours tokens/s | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| config | ours tokens/s | ours CPU ms/step | ours peak MiB | AllenNLP tokens/s | AllenNLP peak MiB "
+          "| ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for size in args.configs:
         options, weights = ensure_weights(size, args.weights_dir)
         ours = run_worker({"kind": "peer_shape", "options": options, "weights": weights,
@@ -357,14 +363,14 @@ def main(argv=None) -> int:
         row = {"config": size, "ours": ours, "allennlp": peer,
                "ratio": ours["tokens_per_s"] / peer["tokens_per_s"] if peer else None}
         results["peer_shape"].append(row)
-        print(f"| {size} | {ours['tokens_per_s']:,.0f} | {ours['peak_mib']:,.0f} | "
+        print(f"| {size} | {ours['tokens_per_s']:,.0f} | {ours['cpu_ms']:,.0f} | {ours['peak_mib']:,.0f} | "
               + (f"{peer['tokens_per_s']:,.0f} | {peer['peak_mib']:,.0f} | {row['ratio']:.2f}x |" if peer
                  else "- | - | - |"), flush=True)
 
     print(f"\n## Our training step (window mode, batch {args.batch} x {args.window} tokens, "
           f"vocabulary {args.vocab:,}, Adagrad, clip 10)")
-    print("| config | softmax | tokens/s | peak MiB |")
-    print("|---|---|---:|---:|")
+    print("| config | softmax | tokens/s | CPU ms/step | peak MiB |")
+    print("|---|---|---:|---:|---:|")
     for size in args.configs:
         for kind in args.softmax:
             r = run_worker({"kind": "train_step", "config": size, "softmax": kind,
@@ -373,23 +379,27 @@ def main(argv=None) -> int:
                             "device": args.device, "precision": args.precision})
             results["train_step"].append({"config": size, "softmax": kind, **r})
             label = f"sampled ({args.samples:,})" if r["softmax_kind"] == "sampled" else r["softmax_kind"]
-            print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} |", flush=True)
+            print(f"| {size} | {label} | {r['tokens_per_s']:,.0f} | {r['cpu_ms']:,.0f} | {r['peak_mib']:,.0f} |",
+                  flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     if args.markdown:
-        peer_rows = [(r["config"], f"{r['ours']['tokens_per_s']:,.0f}", f"{r['ours']['peak_mib']:,.0f}",
+        peer_rows = [(r["config"], f"{r['ours']['tokens_per_s']:,.0f}", f"{r['ours']['cpu_ms']:,.0f}",
+                      f"{r['ours']['peak_mib']:,.0f}",
                       benchlib.fmt(r["allennlp"] and r["allennlp"]["tokens_per_s"]),
                       benchlib.fmt(r["allennlp"] and r["allennlp"]["peak_mib"]),
                       f"{r['ratio']:.2f}x" if r["ratio"] else "-") for r in results["peer_shape"]]
         step_rows = [(r["config"],
                       f"sampled ({args.samples:,})" if r["softmax_kind"] == "sampled" else r["softmax_kind"],
-                      f"{r['tokens_per_s']:,.0f}", f"{r['peak_mib']:,.0f}") for r in results["train_step"]]
-        body = benchlib.markdown_table(["config", "ours tokens/s", "ours peak MiB", "AllenNLP tokens/s",
-                                        "AllenNLP peak MiB", "ratio"], peer_rows, right=(1, 2, 3, 4, 5))
+                      f"{r['tokens_per_s']:,.0f}", f"{r['cpu_ms']:,.0f}", f"{r['peak_mib']:,.0f}")
+                     for r in results["train_step"]]
+        body = benchlib.markdown_table(["config", "ours tokens/s", "ours CPU ms/step", "ours peak MiB",
+                                        "AllenNLP tokens/s", "AllenNLP peak MiB", "ratio"], peer_rows,
+                                       right=(1, 2, 3, 4, 5, 6))
         if step_rows:
-            body += [""] + benchlib.markdown_table(["config", "softmax", "tokens/s", "peak MiB"], step_rows,
-                                                   right=(2, 3))
+            body += [""] + benchlib.markdown_table(["config", "softmax", "tokens/s", "CPU ms/step", "peak MiB"],
+                                                   step_rows, right=(2, 3, 4))
         config = (f"device {args.device}, precision {args.precision}; table 1 is the peer's training benchmark: "
                   "32 sentences of 20 tokens with <S>/</S>, a 10,000-word full softmax on the top layer, "
                   f"zero_grad through backward (no optimizer step), median of {args.steps} steps after a warm-up, "

@@ -155,8 +155,13 @@ def test_bench_embed_and_pretrain_write_their_sections(tmp_path, capsys):
     rows = [line for line in inference.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 2 and "batch 32x20-30 (822 tok)" in rows[0] and "file 8 sent" in rows[1]
     assert all(row in printed for row in rows) and "AllenNLP peer: not run" in inference
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert float(cells[0][6].replace(",", "")) > 0 and cells[1][6] == "-"  # CPU ms per batch call; none for the file
     training = _section(text, "pretrain-cpu")
     assert "| tiny | sampled (64) |" in training and "2,000-word vocabulary" in training
+    step = next(line for line in training.splitlines() if line.startswith("| tiny | sampled (64) |"))
+    tokens_per_s, cpu_ms = (float(c.replace(",", "")) for c in step.strip("|").split("|")[2:4])
+    assert tokens_per_s > 0 and cpu_ms > 0
     assert text.index("bench:embed-cpu") < text.index("bench:pretrain-cpu")  # appended in run order
 
 
