@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from elmo.chars import PADDING_CHAR, bos_eos_char_ids
-from elmo.lstm import FORGET_BIAS, LstmProjection
+from elmo.lstm import FORGET_BIAS, Lstm
 from elmo.weights import original_lstm_problems
 
 NO_CLIP = 3.0e38  # "no clipping" as a number (the exported graph has one code path)
@@ -78,8 +78,8 @@ def check_exportable(model) -> None:
     """Raise a ValueError naming every setting the exported graph does not compute."""
     problems = original_lstm_problems(model.config)
     layers = list(model.bilm.forward_layers) + list(model.bilm.backward_layers)
-    if not problems and not all(type(layer) is LstmProjection for layer in layers):
-        problems.append("a biLM layer that is not elmo.lstm.LstmProjection")
+    if not problems and not all(type(layer) is Lstm for layer in layers):
+        problems.append("a biLM layer that is not elmo.lstm.Lstm")
     if problems:
         raise ValueError("the ONNX export covers the original LSTM biLM only; this model has "
                          + "; ".join(problems))

@@ -269,7 +269,8 @@ def test_cell_with_regularizers_equals_reference(cell):
 
 
 def test_regularized_lstm_equals_the_original_cell():
-    """cell="lstm" with a regularizer runs elmo.cells.Lstm; without masks it is LstmProjection."""
+    """cell="lstm" with a regularizer is the same class (elmo.lstm.Lstm) with the same weights,
+    and in evaluation mode it computes what the plain original cell computes."""
     plain = make("lstm")
     regular = make("lstm", kind="semeniuta", rate=0.3)
     assert type(regular).__name__ == "Lstm"
