@@ -177,3 +177,34 @@ def test_an_unusable_markdown_file_is_refused_before_measuring(script, tmp_path,
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in err
     assert not (tmp_path / "b.md").exists()
+
+
+def test_bench_ab_parses_tables_and_compares_medians():
+    ab = _load("bench_ab")
+    text = ("# a comment\n| size | workload | tok/s | ratio | note |\n|---|---|---:|---:|---|\n"
+            "| small | batch | 4,086 | 3.22x | max abs 5e-07 |\n| small | file | 4,769 | - | |\n\n"
+            "| config | tokens/s |\n|---|---:|\n| tiny | 2,663 |\n")
+    tables = ab.parse_tables(text)
+    head = ("size", "workload", "tok/s", "ratio", "note")
+    assert tables == {(head, ("small", "batch")): {"tok/s": 4086.0, "ratio": 3.22},
+                      (head, ("small", "file")): {"tok/s": 4769.0},
+                      (("config", "tokens/s"), ("tiny",)): {"tokens/s": 2663.0}}
+    key = (("config", "tokens/s"), ("tiny",))
+    base = [{key: {"tokens/s": v}} for v in (100.0, 300.0, 200.0)]
+    new = [{key: {"tokens/s": v}} for v in (210.0, 190.0, 230.0)]
+    lines = ab.report(base, new, [])
+    assert lines[2] == "| tiny | tokens/s | 100 / 300 / 200 | 210 / 190 / 230 | 1.050 |"  # 210 / 200
+    assert ab.report(base, new, ["CPU"]) == lines[:2]  # no column matches
+
+
+def test_bench_ab_runs_both_sides_interleaved(tmp_path, capsys):
+    ab = _load("bench_ab")
+    page = tmp_path / "b.md"
+    assert ab.main(["--base", "HEAD", "--rounds", "1", "--columns", "H", "params", "--markdown", str(page), "--",
+                    "bench_cells.py", "--layers-only", "--cells", "lstm", "--steps", "1", "--threads", "1",
+                    "--batch-size", "2", "--window", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| lstm | H | 512 | 512 | 1.000 |" in out and "| lstm | biLM params | 1,187,840 | 1,187,840 | 1.000 |" in out
+    assert "<!-- bench:ab-bench_cells -->" in page.read_text()
+    with pytest.raises(SystemExit):
+        ab.main(["--base", "HEAD", "--", "no_such_script.py"])
