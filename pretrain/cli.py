@@ -3,6 +3,7 @@
     elmo-pretrain --train FILES... [--heldout FILES...] --out DIR
                   [--preset NAME | --config JSON] [--max-tokens N | --max-steps N | --epochs N]
                   [--resume] [--init MODEL] [--vocab FILE] [--set FIELD=VALUE ...] [options]
+    elmo-pretrain evaluate MODEL --data FILES [--mode stream|sentence] [--json]   (pretrain.evaluate)
     elmo-export DIR [--options-file O --weight-file W [--vocab V]] [--onnx MODEL.onnx] [--force]
 
 Under ``torchrun --nproc_per_node=N`` the same command trains with DDP (one data shard per
@@ -17,11 +18,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from elmo.config import CELLS, PRESETS, RECURRENT_DROPOUT_KINDS
+from elmo.config import CELLS, RECURRENT_DROPOUT_KINDS
 from elmo.hub import DownloadError
 from elmo.io import DiskFullError
 from elmo.tokenize import TOKENIZERS
-from pretrain.config import PretrainConfig, pretrain_preset
+from pretrain.config import PRETRAIN_PRESETS, PretrainConfig, pretrain_preset
 
 logger = logging.getLogger("pretrain")
 
@@ -43,7 +44,9 @@ _FLAGS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="elmo-pretrain", description="Pretrain the ELMo bidirectional LM on a text corpus.",
+        prog="elmo-pretrain", description="Pretrain the ELMo bidirectional LM on a text corpus. "
+        "'elmo-pretrain evaluate MODEL --data FILES' measures a trained model's perplexity "
+        "(elmo-pretrain evaluate --help).",
         epilog="Every config field can be set with --set (dotted path), e.g. --set optim.lr=0.1 "
                "--set model.bilm.dim=256. The resolved config is saved as DIR/pretrain_config.json.")
     p.add_argument("--train", nargs="+", required=True, metavar="FILES",
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out text (default: a fraction of the training lines)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (model, checkpoints, metrics)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=list(PRESETS), help="model size and training settings (default tiny)")
+    src.add_argument("--preset", choices=list(PRETRAIN_PRESETS),
+                     help="model size and training settings (default tiny; ptb-char-*: Kim et al. 2016)")
     src.add_argument("--config", metavar="JSON", help="a pretrain_config.json")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--max-tokens", type=int, help="training budget in tokens")
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streaming", action="store_true", default=None, help="read the corpus lazily")
     p.add_argument("--softmax", choices=["sampled", "full", "adaptive"])
     p.add_argument("--num-samples", type=int, help="negatives of the sampled softmax")
-    p.add_argument("--optimizer", choices=["adagrad", "adam"])
+    p.add_argument("--optimizer", choices=["adagrad", "adam", "sgd"])
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
     p.add_argument("--seed", type=int)
@@ -146,6 +150,11 @@ def _last_good_checkpoint(out_dir: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:  # elmo-pretrain evaluate MODEL --data FILES (pretrain.evaluate)
+        from pretrain.evaluate import main as evaluate_main
+        return evaluate_main(argv[1:])
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from pretrain.run import run
