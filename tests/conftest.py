@@ -33,6 +33,15 @@ def tiny_config() -> ElmoConfig:
 
 
 @pytest.fixture
+def model_dir(tmp_path, tiny_config) -> str:
+    """A tiny model saved with ``save_pretrained`` (what ``elmo-embed --model DIR`` reads)."""
+    from elmo import ElmoBiLM
+
+    ElmoBiLM(tiny_config).save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+@pytest.fixture
 def reference_dir() -> str:
     """The original TF ELMo's outputs (shared/reference); skipped in a user's clone without them."""
     if not os.path.isfile(os.path.join(REFERENCE_DIR, "lm_weights.hdf5")):
