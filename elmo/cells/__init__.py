@@ -38,35 +38,25 @@ from elmo.config import CELLS, BiLMConfig
 from elmo.lstm import Lstm
 
 
+# config.cell -> the layer class. The stepped cells take a deep transition; SRU and QRNN do not.
+STEPPED_CELLS = {"lstm": Lstm, "elman": Elman, "jordan": Jordan, "gru": Gru, "peephole": PeepholeLstm,
+                 "cifg": CifgLstm, "residual-lstm": ResidualLstm, "rhn": Rhn}
+PARALLEL_CELLS = {"sru": Sru, "qrnn": Qrnn}
+
+
 def make_layer(config: BiLMConfig, input_dim: int) -> nn.Module:
     """One direction of one biLM layer for ``config.cell``: input_dim -> projection_dim."""
-    H, P = config.dim, config.projection_dim
     options = dict(cell_clip=config.cell_clip, proj_clip=config.proj_clip,
                    recurrent_dropout_kind=config.recurrent_dropout_kind,
                    recurrent_dropout=config.recurrent_dropout)
-    deep = dict(transition_depth=config.transition_depth)
-    cell = config.cell
-    if cell == "lstm":
-        return Lstm(input_dim, H, P, **options, **deep)
-    elif cell == "elman":
-        return Elman(input_dim, H, P, **options, **deep)
-    elif cell == "jordan":
-        return Jordan(input_dim, H, P, **options, **deep)
-    elif cell == "gru":
-        return Gru(input_dim, H, P, **options, **deep)
-    elif cell == "peephole":
-        return PeepholeLstm(input_dim, H, P, **options, **deep)
-    elif cell == "cifg":
-        return CifgLstm(input_dim, H, P, **options, **deep)
-    elif cell == "residual-lstm":
-        return ResidualLstm(input_dim, H, P, **options, **deep)
-    elif cell == "rhn":
-        return Rhn(input_dim, H, P, **options, **deep)
-    elif cell == "sru":
-        return Sru(input_dim, H, P, **options)
-    elif cell == "qrnn":
-        return Qrnn(input_dim, H, P, **options)
-    raise ValueError(f"unknown cell {cell!r}; valid cells: {', '.join(CELLS)}")
+    if config.cell in STEPPED_CELLS:
+        options["transition_depth"] = config.transition_depth
+        layer_class = STEPPED_CELLS[config.cell]
+    elif config.cell in PARALLEL_CELLS:
+        layer_class = PARALLEL_CELLS[config.cell]
+    else:
+        raise ValueError(f"unknown cell {config.cell!r}; valid cells: {', '.join(CELLS)}")
+    return layer_class(input_dim, config.dim, config.projection_dim, **options)
 
 
 __all__ = [
