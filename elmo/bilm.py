@@ -1,14 +1,19 @@
 """The bidirectional recurrent stack of ELMo (Peters et al. 2018, sec. 3.1 and 3.4).
 
-Two independent stacks of ``n_layers`` projected LSTMs read the sentence left-to-right and
-right-to-left. With ``use_skip_connections`` the output of every layer above the first is its LSTM
-output plus its input (a residual connection, as the original's ``ResidualWrapper``). Each layer's
-ELMo representation is [forward_k; backward_k].
+Two independent stacks of ``n_layers`` recurrent layers read the sentence left-to-right and
+right-to-left: projected LSTMs in the original, or any cell of ``elmo.cells`` (``BiLMConfig.cell``).
+With ``use_skip_connections`` the output of every layer above the first is its recurrent output
+plus its input (a residual connection, as the original's ``ResidualWrapper``); with
+``input_skip_connections`` the token layer is added to every layer's input above the first. Each
+layer's ELMo representation is [forward_k; backward_k].
 
 The backward stack runs on each row reversed within its own length, so it is the same packed
-left-to-right loop as the forward stack, and rows never see their padding. State is per row and
-per (layer, direction): ``BiLMState = [(fwd_state, bwd_state) for each layer]`` where a layer's
-state is a tuple of (B, size) tensors; for the LSTM it is (h (B, P), c (B, H)).
+left-to-right loop as the forward stack, and rows never see their padding. A layer pair of the
+plain original cell runs both directions in one fused loop (``elmo.kernels``, its GEMM library
+chosen once per ``BiLM``); every other cell runs its own ``forward`` (the packed loop of
+``elmo.cells.base``). State is per row and per (layer, direction):
+``BiLMState = [(fwd_state, bwd_state) for each layer]`` where a layer's state is a tuple of
+(B, size) tensors; for the LSTM it is (h (B, P), c (B, H)).
 """
 
 from __future__ import annotations
