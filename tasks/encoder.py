@@ -2,8 +2,8 @@
 embeddings and a character CNN, concatenated.
 
 With ELMo (Peters et al. 2018, sec. 3.3) the feature of token k is ``gamma * sum_j s_j h_kj`` over
-the L+1 layers (``elmo.ScalarMix``, owned here, one per task model), added to the input of the
-baseline as the paper does. The layers come from the batch when they were cached, or from
+the L+1 layers (``elmo.ScalarMix``, owned here, one per task model), concatenated with the
+baseline's input features as the paper does. The layers come from the batch when they were cached, or from
 running the biLM (frozen: without gradients; fine-tuned: with them). The baseline without ELMo is
 the same model without the biLM: word embeddings plus a character CNN (``elmo.char_cnn.CharCNN``
 with a small configuration), trained from scratch. ``word_dim`` / ``char_dim`` = 0 drop either.
@@ -27,8 +27,8 @@ from tasks.data import Batch
 class Dropout(nn.Module):
     """Inverted dropout with the distribution of ``nn.Dropout``: in training each element is
     zeroed with probability ``p`` and the others are scaled by 1 / (1 - p); in evaluation the
-    input passes unchanged. The mask compares float32 uniforms with ``p``: on the CPU that is
-    several times faster than the ``bernoulli_`` draw of ``nn.Dropout`` (docs/tasks.md).
+    input passes unchanged. The mask compares float32 uniforms with ``p``, which on the CPU is
+    cheaper than the ``bernoulli_`` draw of ``nn.Dropout`` (figures: docs/benchmarks.md).
     """
 
     def __init__(self, p: float) -> None:
@@ -127,7 +127,7 @@ class SequenceEncoder(nn.Module):
 
     Each direction of each layer is a one-way ``nn.LSTM``; the backward one reads every row
     reversed within its own length (``elmo.bilm.reverse_padded``), so padding never reaches a
-    real position. On the CPU this runs about twice as fast in training as a packed sequence.
+    real position, and no packed sequence is built.
 
     With ``residual`` every layer after the first adds its input to its output (He et al. 2017
     connect their deep SRL BiLSTM so): without it a 4-layer stack trained on a small set sits at
