@@ -79,7 +79,6 @@ class LayerCache:
         self.dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
         self.num_layers, self.dim = bilm.num_layers, bilm.output_dim
         self.fingerprint = model_fingerprint(bilm)
-        self.computed = 0  # sentences whose layers this cache computed
         self._memory: dict[str, tuple[int, int, int]] = {}  # key -> (block, first row, length)
         self._blocks: list[torch.Tensor] = []  # (L+1, rows, 2P) each, row 0 zero
         self._file: Optional[h5py.File] = None
@@ -100,7 +99,6 @@ class LayerCache:
             self._fill_memory(todo)
         else:
             self._fill_file(todo)
-        self.computed += len(todo)
         return len(todo)
 
     def _fill_memory(self, todo: list) -> None:

@@ -75,7 +75,6 @@ class TokenEncoder(nn.Module):
             self.output_dim += cfg.head.char_dim
         if self.output_dim == 0:
             raise ValueError("the task model has no input features: enable ELMo, word_dim or char_dim")
-        self.bilm_calls = 0  # biLM forward passes run by this encoder (not by a cache)
 
     def needs_chars(self, cached: bool = False) -> bool:
         """Whether batches must carry character ids: for the char CNN, or for the biLM when its
@@ -92,7 +91,6 @@ class TokenEncoder(nn.Module):
 
     def run_elmo(self, tokens: TokenBatch) -> ElmoOutput:
         """Run the biLM on a batch's tokens: layers L+1 x (B, T, 2P), mask (B, T)."""
-        self.bilm_calls += 1
         if self.fine_tune:
             return self.bilm(tokens)
         self.bilm.eval()  # frozen means deterministic too
