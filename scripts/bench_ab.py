@@ -42,8 +42,9 @@ def number(cell: str):
 
 
 def parse_tables(text: str) -> dict:
-    """{(header cells, row key): {column: value}} for the markdown tables in ``text``; a row's key is
-    its cells before the first numeric one (the same row in every run of one command)."""
+    """{(first column's name, row key): {column: value}} for the markdown tables in ``text``; a row's
+    key is its cells before the first numeric one (the same row in every run of one command, even
+    when one side's table has a column more: its figures are matched by column name)."""
     lines = [line.strip() for line in text.splitlines()]
     out: dict = {}
     header = None
@@ -61,7 +62,7 @@ def parse_tables(text: str) -> dict:
             continue
         first = next((k for k, c in enumerate(cells) if number(c) is not None), len(cells))
         values = {header[k]: number(c) for k, c in enumerate(cells) if k >= first and number(c) is not None}
-        out[(header, tuple(cells[:first]))] = values
+        out[(header[0], tuple(cells[:first]))] = values
     return out
 
 
@@ -100,7 +101,7 @@ def report(base_runs: list, new_runs: list, columns: list) -> list:
     keys = [k for k in base_runs[0] if all(k in run for run in base_runs + new_runs)]
     rows = []
     for key in keys:
-        header, row = key
+        _, row = key
         for column in base_runs[0][key]:
             if columns and not any(c in column for c in columns):
                 continue

@@ -185,11 +185,15 @@ def test_bench_ab_parses_tables_and_compares_medians():
             "| small | batch | 4,086 | 3.22x | max abs 5e-07 |\n| small | file | 4,769 | - | |\n\n"
             "| config | tokens/s |\n|---|---:|\n| tiny | 2,663 |\n")
     tables = ab.parse_tables(text)
-    head = ("size", "workload", "tok/s", "ratio", "note")
-    assert tables == {(head, ("small", "batch")): {"tok/s": 4086.0, "ratio": 3.22},
-                      (head, ("small", "file")): {"tok/s": 4769.0},
-                      (("config", "tokens/s"), ("tiny",)): {"tokens/s": 2663.0}}
-    key = (("config", "tokens/s"), ("tiny",))
+    assert tables == {("size", ("small", "batch")): {"tok/s": 4086.0, "ratio": 3.22},
+                      ("size", ("small", "file")): {"tok/s": 4769.0},
+                      ("config", ("tiny",)): {"tokens/s": 2663.0}}
+    # a table with one column more (a newer script) still matches row by row, column by name
+    newer = ab.parse_tables("| size | workload | tok/s | CPU ms | ratio | note |\n|---|---|---:|---:|---:|---|\n"
+                            "| small | batch | 4,100 | 200 | 3.3x | |\n")
+    assert newer == {("size", ("small", "batch")): {"tok/s": 4100.0, "CPU ms": 200.0, "ratio": 3.3}}
+    assert ab.report([tables], [newer], ["tok/s"])[2] == "| small / batch | tok/s | 4,086 | 4,100 | 1.003 |"
+    key = ("config", ("tiny",))
     base = [{key: {"tokens/s": v}} for v in (100.0, 300.0, 200.0)]
     new = [{key: {"tokens/s": v}} for v in (210.0, 190.0, 230.0)]
     lines = ab.report(base, new, [])
