@@ -380,9 +380,10 @@ def report(results: list, args) -> None:
         cells = []
         for r in results:
             try:
-                cells.append(fn(r))
+                cell = fn(r)
             except (KeyError, TypeError):
-                cells.append("-")
+                cell = "-"
+            cells.append("-" if cell.startswith("nan") or "/ nan" in cell else cell)
         print(f"| {label} | " + " | ".join(cells) + " |")
 
     rate = lambda key: lambda r: f"{r['tokens'] / r[key] / 1e6:.2f}M tokens/s"  # noqa: E731
@@ -435,8 +436,9 @@ def report(results: list, args) -> None:
             first = lambda key: lambda r: r["runs"][label]["first"]["first"][key]  # noqa: E731
             resumed = lambda key: lambda r: r["runs"][label]["resumed"]["first"][key]  # noqa: E731
             peak = lambda r: r["runs"][label]["first"]["last"]["peak_mib"]  # noqa: E731
-            text = (f"- {label}: first step after {at_1b(first('cpu_seconds')):.0f} CPU s "
-                    f"({at_1b(first('seconds')):.0f} s wall)")
+            wall = at_1b(first("seconds"))
+            text = (f"- {label}: first step after {at_1b(first('cpu_seconds')):.0f} CPU s " +
+                    (f"({wall:.0f} s wall)" if wall > 0 else "(wall seconds fell with the load: not extrapolated)"))
             if b["runs"][label]["resumed"]["first"]["cpu_seconds"] == b["runs"][label]["resumed"]["first"]["cpu_seconds"]:
                 text += f", resumed step after {at_1b(resumed('cpu_seconds')):.0f} CPU s"
             print(text + f", peak RSS {at_1b(peak) / 1024:.1f} GiB per process (growth "
