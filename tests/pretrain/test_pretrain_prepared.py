@@ -344,3 +344,25 @@ def test_a_prepared_corpus_brings_its_tokenizer_and_resumes(tmp_path, caplog):
     vocab = open(os.path.join(out, "vocab.txt")).read().split("\n")
     assert "'s" in vocab and "n't" in vocab
     assert pretrain_main(args + ["--max-steps", "3", "--resume"]) == 0  # the saved config agrees
+
+
+def test_a_hub_dataset_is_prepared_like_the_same_lines_in_a_file(tmp_path, monkeypatch):
+    lines = toy_sentences(80, seed=2) + ["", "  "]
+    text = write_lines(str(tmp_path / "t.txt"), lines)
+    prepare([text], str(tmp_path / "file"))
+    opened = []
+
+    def fake_open_text(specs, streaming, text_field="text"):  # what datasets streams from the hub
+        opened.append((list(specs), streaming, text_field))
+        return ({"text": line} for line in lines)  # an iterable dataset (streaming)
+
+    monkeypatch.setattr(P, "open_text", fake_open_text)
+    manifest = prepare(["someone/corpus"], str(tmp_path / "hub"), text_field="text")
+    assert manifest["hub"] == {"name": "someone/corpus", "text_field": "text"} and manifest["sources"] == []
+    assert opened[0] == (["someone/corpus"], True, "text")
+    for name in (P.TOKENS, P.OFFSETS, P.HASHES, P.WORDS, P.COUNTS, P.CHARS):
+        assert (tmp_path / "hub" / name).read_bytes() == (tmp_path / "file" / name).read_bytes(), name
+    assert prepare(["someone/corpus"], str(tmp_path / "hub")) == manifest  # the same name: up to date
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="loading it as a hub dataset failed"):
+        prepare(["nobody/no-such-corpus-here"], str(tmp_path / "x"))
