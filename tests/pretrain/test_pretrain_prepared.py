@@ -366,3 +366,22 @@ def test_a_hub_dataset_is_prepared_like_the_same_lines_in_a_file(tmp_path, monke
     monkeypatch.undo()
     with pytest.raises(ValueError, match="loading it as a hub dataset failed"):
         prepare(["nobody/no-such-corpus-here"], str(tmp_path / "x"))
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_heldout_file_beside_a_prepared_corpus(tmp_path):
+    text = write_lines(str(tmp_path / "train.txt"), toy_sentences(100))
+    held = write_lines(str(tmp_path / "held.txt"), toy_sentences(12, seed=8) + ["an unseen zebra ."])
+    prepare([text], str(tmp_path / "c"))
+    config = lambda prep: tiny_pretrain_config(  # noqa: E731
+        data={"prepare": prep, "heldout_fraction": 0.3}, train={"max_steps": 3, "log_every": 1})
+    losses = {}
+    summaries = {}
+    for name, train, prep in (("raw", [text], False), ("prepared", [str(tmp_path / "c")], True)):
+        got = {}
+        summaries[name] = run(config(prep), train, str(tmp_path / name), heldout=[held],
+                              callback=lambda t, m, got=got: got.__setitem__(m["step"], m["loss"]))
+        losses[name] = got
+    assert losses["raw"] == pytest.approx(losses["prepared"], abs=1e-6) and len(losses["raw"]) == 3
+    assert summaries["raw"]["train_lines"] == summaries["prepared"]["train_lines"] == 100  # no fraction
+    assert summaries["raw"]["heldout"] == pytest.approx(summaries["prepared"]["heldout"], rel=1e-6)
