@@ -270,11 +270,12 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
-def write_digest(path: str) -> str:
-    """Write ``PATH.sha256`` (``sha256sum`` format) for a file; returns the digest."""
+def write_digest(path: str, digest: Optional[str] = None) -> str:
+    """Write ``PATH.sha256`` (``sha256sum`` format) for a file, atomically; returns the digest.
+    ``digest``, when the caller has just computed it, saves reading the file again."""
     from elmo.io import write_text_atomic
 
-    digest = sha256_of(path)
+    digest = digest or sha256_of(path)
     write_text_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
     return digest
 
@@ -388,7 +389,6 @@ def _lock(dest: str, url: str, wait: float):
 
 def _download_now(url: str, dest: str, sha256: Optional[str], retries: int, timeout: float,
                   force: bool) -> str:
-    record = dest + ".sha256"
     partial = dest + ".partial"
     if force and os.path.exists(partial):
         os.remove(partial)
@@ -421,11 +421,8 @@ def _download_now(url: str, dest: str, sha256: Optional[str], retries: int, time
                             f"{found}; the download was removed")
     if expected is None:
         logger.info("%s: no sha256 known (none given, no %s.sha256 published); not verified", url, url)
-    tmp = f"{record}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{found}  {os.path.basename(dest)}\n")
     os.replace(partial, dest)
-    os.replace(tmp, record)
+    write_digest(dest, found)
     return dest
 
 
