@@ -36,7 +36,8 @@ import h5py
 import numpy as np
 import torch
 
-from elmo.io import OutputPathError, check_output, disk_full_as_error, ensure_free_space
+from elmo.io import (OutputPathError, check_output, disk_full_as_error, ensure_free_space,
+                     replace_durably)
 
 if TYPE_CHECKING:  # pragma: no cover
     from elmo.featurizer import Embedder
@@ -282,12 +283,7 @@ def embed_file(embedder: "Embedder", input_file: str, output_file: str, output: 
             with disk_full_as_error(partial):
                 ds = fout.create_dataset(INDEX_KEY, (1,), dtype=h5py.string_dtype())
                 ds[0] = index
-    fd = os.open(partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, output_file)
+    replace_durably(partial, output_file)
     return scan.num_lines
 
 

@@ -77,6 +77,15 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def replace_durably(src: PathLike, dst: PathLike) -> None:
+    """Rename the finished file ``src`` to ``dst`` (one file system), synced to disk first and
+    the rename after it. For a file written in place under its own name (a resumable
+    ``OUTPUT.partial``); ``atomic_path`` does this for a temporary file."""
+    _fsync_path(os.fspath(src))
+    os.replace(src, dst)
+    _fsync_dir(os.path.dirname(os.path.abspath(os.fspath(dst))))
+
+
 def _fsync_dir(folder: str) -> None:
     # The rename itself is durable only once the folder is synced; not every OS allows this.
     try:

@@ -27,6 +27,22 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
+def test_replace_durably_renames_a_finished_partial_file(tmp_path, monkeypatch):
+    partial, out = tmp_path / "out.hdf5.partial", tmp_path / "out.hdf5"
+    partial.write_bytes(b"new")
+    out.write_bytes(b"old")
+    synced = []
+    monkeypatch.setattr(eio.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    ino = os.stat(partial).st_ino
+    eio.replace_durably(partial, out)
+    assert out.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.hdf5"]
+    assert synced[0] == ino  # the file's data is synced before the rename ...
+    assert synced[-1] == os.stat(tmp_path).st_ino  # ... and the folder after it
+    with pytest.raises(FileNotFoundError):
+        eio.replace_durably(partial, out)  # nothing to rename: out stays
+    assert out.read_bytes() == b"new"
+
+
 def test_atomic_path_for_named_writers_and_keyboard_interrupt(tmp_path):
     path = tmp_path / "w.bin"
     with eio.atomic_path(path, suffix=".png") as tmp:
