@@ -3,7 +3,7 @@ this checkout, alternating, with every figure of every table row side by side.
 
     python scripts/bench_ab.py --base 89d729e --rounds 3 -- bench_embed.py --configs original \
         --no-peer --threads 1 --runs 5
-    python scripts/bench_ab.py --base HEAD --columns tok/s "CPU ms" -- bench_pretrain.py --configs original \
+    python scripts/bench_ab.py --base HEAD~5 --new HEAD --columns tok/s "CPU ms" -- bench_pretrain.py --configs original \
         --softmax sampled --steps 3 --no-peer --threads 1
 
 The earlier commit's tree is exported with ``git archive`` into a temporary folder (nothing in this
@@ -69,7 +69,7 @@ def parse_tables(text: str) -> dict:
 def export_tree(commit: str, folder: str) -> str:
     """``commit``'s tree under ``folder``/main, with .data and ../shared linked to this checkout's."""
     tree = os.path.join(folder, "main")
-    os.makedirs(tree)
+    os.makedirs(tree)  # makes folder too
     git = subprocess.Popen(["git", "-C", ROOT, "archive", "--format=tar", commit], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
     with tarfile.open(fileobj=git.stdout, mode="r|") as tar:
@@ -120,6 +120,8 @@ def report(base_runs: list, new_runs: list, columns: list) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the earlier commit (anything git accepts: 89d729e, HEAD~3)")
+    p.add_argument("--new", help="a later commit to compare instead of this checkout (which may hold "
+                                 "uncommitted edits)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs both sides once)")
     p.add_argument("--columns", nargs="*", default=[],
                    help="report only the figures whose column names contain one of these (default: all)")
@@ -135,26 +137,29 @@ def main(argv=None) -> int:
     script, script_args = command[0], command[1:]
     folder = tempfile.mkdtemp(prefix="elmo_bench_ab_")
     try:
-        base_tree = export_tree(args.base, folder)
-        if not os.path.exists(os.path.join(base_tree, "scripts", script)):
-            p.error(f"--base {args.base} has no scripts/{script}")
+        base_tree = export_tree(args.base, os.path.join(folder, "base"))
+        new_tree = export_tree(args.new, os.path.join(folder, "new")) if args.new else ROOT
+        for flag, tree in (("--base", base_tree), ("--new", new_tree)):
+            if not os.path.exists(os.path.join(tree, "scripts", script)):
+                p.error(f"{flag} {args.base if flag == '--base' else args.new} has no scripts/{script}")
         base_runs, new_runs = [], []
         for r in range(args.rounds):
             for side in (("base", "new") if r % 2 == 0 else ("new", "base")):
-                text = run_script(base_tree if side == "base" else ROOT, script, script_args)
+                text = run_script(base_tree if side == "base" else new_tree, script, script_args)
                 (base_runs if side == "base" else new_runs).append(parse_tables(text))
                 print(f"# round {r + 1}: {side} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     lines = report(base_runs, new_runs, args.columns)
-    title = (f"{script} {' '.join(script_args)}: base {args.base} vs this checkout, {args.rounds} interleaved "
-             "rounds")
+    title = (f"{script} {' '.join(script_args)}: base {args.base} vs {args.new or 'this checkout'}, "
+             f"{args.rounds} interleaved rounds")
     print(title + "\n\n" + "\n".join(lines))
     if args.markdown:
         section = args.section or f"ab-{os.path.splitext(script)[0]}"
         benchlib.write_section(args.markdown, section, benchlib.section_text(
             section, f"Before/after: {script}", benchlib.command_line(__file__, argv),
-            f"base {args.base}, {args.rounds} interleaved rounds (order alternating), the script's own "
+            f"base {args.base}, new {args.new or 'this checkout'}, {args.rounds} interleaved rounds (order "
+            "alternating), the script's own "
             f"configuration: {' '.join(script_args) or 'its defaults'}.", lines))
     return 0
 

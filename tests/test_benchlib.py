@@ -210,5 +210,10 @@ def test_bench_ab_runs_both_sides_interleaved(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| lstm | H | 512 | 512 | 1.000 |" in out and "| lstm | biLM params | 1,187,840 | 1,187,840 | 1.000 |" in out
     assert "<!-- bench:ab-bench_cells -->" in page.read_text()
+    assert ab.main(["--base", "HEAD", "--new", "HEAD", "--rounds", "1", "--columns", "H", "--",
+                    "bench_cells.py", "--layers-only", "--cells", "gru", "--steps", "1", "--threads", "1",
+                    "--batch-size", "2", "--window", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "base HEAD vs HEAD" in out and "| gru | H | 274 | 274 | 1.000 |" in out
     with pytest.raises(SystemExit):
         ab.main(["--base", "HEAD", "--", "no_such_script.py"])
