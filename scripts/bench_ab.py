@@ -3,8 +3,8 @@ this checkout, alternating, with every figure of every table row side by side.
 
     python scripts/bench_ab.py --base 89d729e --rounds 3 -- bench_embed.py --configs original \
         --no-peer --threads 1 --runs 5
-    python scripts/bench_ab.py --base HEAD~5 --new HEAD --columns tok/s "CPU ms" -- bench_pretrain.py --configs original \
-        --softmax sampled --steps 3 --no-peer --threads 1
+    python scripts/bench_ab.py --base HEAD~5 --new HEAD --columns tok/s "CPU ms" -- bench_pretrain.py \
+        --configs original --softmax sampled --steps 3 --no-peer --threads 1
 
 The earlier commit's tree is exported with ``git archive`` into a temporary folder (nothing in this
 checkout changes) and its script runs there with PYTHONPATH pointing at it, so it imports its own
