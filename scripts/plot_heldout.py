@@ -55,7 +55,8 @@ def read_quick(path: str, steps_per_epoch: int) -> dict:
     rows = [{"epoch": r["step"] / steps_per_epoch, "step": r["step"], "forward_ppl": r["forward_ppl"],
              "backward_ppl": r.get("backward_ppl"), "lr_next": None} for r in records]
     rows.sort(key=lambda r: r["step"])
-    return {"name": os.path.basename(path), "rows": rows, "steps_per_epoch": steps_per_epoch}
+    name = os.path.basename(path).rsplit(".", 1)[0]
+    return {"name": f"{name} (checkpoints on a part)", "rows": rows, "steps_per_epoch": steps_per_epoch}
 
 
 def power_law(rows: list, at_epoch: float) -> Optional[tuple]:
