@@ -57,11 +57,9 @@ class Embedder:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
-        self.model.stateful = stateful
-        self.model.reset_states()
+        self.stateful = stateful
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.batch_size, self.max_tokens_per_batch = batch_size, max_tokens_per_batch
-        self.stateful = stateful
         self._vocab: dict[str, int] = {}
         self._vocab_vectors: Optional[torch.Tensor] = None
 
@@ -88,6 +86,17 @@ class Embedder:
         if model_dir is None:
             raise ValueError("pass a model directory or options_file + weight_file")
         return cls(ElmoBiLM.from_pretrained(model_dir, revision=revision, sha256=sha256), **kwargs)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether each row carries its LSTM state to the same row of the next batch (the
+        model's own ``stateful``; setting it starts from the initial state again)."""
+        return self.model.stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self.model.stateful = bool(value)
+        self.model.reset_states()
 
     @property
     def output_dim(self) -> int:

@@ -59,6 +59,7 @@ def test_batches_respect_size_and_token_cap(tiny_config):
         assert lengths == sorted(lengths, reverse=True)  # longest first within a batch
         assert len(b) <= 4 and (len(b) == 1 or (lengths[0] + 2) * len(b) <= 30)
     e.stateful = True
+    assert e.model.stateful  # one flag: the embedder's is the model's
     assert list(e._batches(sentences, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
 
 
