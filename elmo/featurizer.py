@@ -185,7 +185,7 @@ class Embedder:
 
     def embed_sentence(self, sentence: Sequence[str], output: Output = "all") -> np.ndarray:
         """One tokenized sentence -> (L+1, n, 2P) for "all", else (n, 2P)."""
-        return _select(self.embed_batch([sentence])[0], output)
+        return select_layers(self.embed_batch([sentence])[0], output)
 
     def embed_sentences(self, sentences: Iterable[Sequence[str]], output: Output = "all",
                         batch_size: Optional[int] = None) -> Iterator[np.ndarray]:
@@ -196,7 +196,7 @@ class Embedder:
         """
         for arrays in self._embed_windows(sentences, batch_size):
             for a in arrays:
-                yield _select(a, output)
+                yield select_layers(a, output)
 
     def _batches(self, sentences: list, batch_size: int) -> Iterator[list[int]]:
         """Index lists of batches: consecutive in stateful mode, else grouped by length."""
@@ -274,8 +274,9 @@ def _check_sentence(sentence: Sequence[str], i: int) -> list[str]:
     return list(sentence)
 
 
-def _select(layers: np.ndarray, output: Output) -> np.ndarray:
-    """(L+1, n, D) -> the requested view: all, top, average, or a scalar mix."""
+def select_layers(layers: np.ndarray, output: Output) -> np.ndarray:
+    """(L+1, n, D) -> the requested view: all, top, average, or a scalar mix (a ``ScalarMix`` or
+    L+1 fixed layer weights); the one place that mixes the featurizer's numpy layers."""
     if isinstance(output, str):
         if output == "all":
             return layers

@@ -36,7 +36,7 @@ try:
 except ImportError:
     raise ImportError("the spaCy component needs spaCy: pip install elmo-pytorch[spacy]") from None
 
-from elmo.featurizer import Embedder
+from elmo.featurizer import Embedder, select_layers
 
 OUTPUTS = ("average", "top")
 
@@ -68,11 +68,6 @@ class ElmoComponent:
         if self.layers_extension and not Doc.has_extension(self.layers_extension):
             Doc.set_extension(self.layers_extension, default=None)
 
-    def _select(self, layers: np.ndarray) -> np.ndarray:
-        if isinstance(self.output, np.ndarray):
-            return np.tensordot(self.output, layers, axes=1).astype(np.float32)
-        return layers[-1] if self.output == "top" else layers.mean(axis=0)
-
     def __call__(self, doc: Doc) -> Doc:
         return next(iter(self.pipe([doc])))
 
@@ -84,7 +79,7 @@ class ElmoComponent:
             arrays = self.embedder.embed_sentences(sentences, output="all", batch_size=self.batch_size)
             for doc, layers in zip(chunk, arrays):  # layers (L+1, n, 2P)
                 layers = np.ascontiguousarray(layers, dtype=np.float32)
-                doc.tensor = np.ascontiguousarray(self._select(layers))
+                doc.tensor = np.ascontiguousarray(select_layers(layers, self.output))
                 if self.layers_extension:
                     doc._.set(self.layers_extension, layers)
                 yield doc
