@@ -73,15 +73,18 @@ def bos_eos_char_ids(max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN) -
             _special_word(END_SENTENCE_CHAR, max_characters_per_token))
 
 
+def check_sentence(sentence: Sequence[str], i: int) -> list:
+    """Sentence number ``i`` as a list of tokens; a str (an untokenized sentence) is a TypeError."""
+    if isinstance(sentence, str):
+        raise TypeError(f"sentence {i} is a str ({sentence[:40]!r}); pass tokens, e.g. "
+                        "sentence.split()")
+    return list(sentence)
+
+
 def _check_sentences(sentences: Sequence[Sequence[str]]) -> list:
     if isinstance(sentences, str):
         raise TypeError("expected a list of tokenized sentences (list[list[str]]), got a str")
-    sentences = list(sentences)
-    for i, s in enumerate(sentences):
-        if isinstance(s, str):
-            raise TypeError(
-                f"sentence {i} is a str ({s[:40]!r}); pass tokens, e.g. sentence.split()")
-    return sentences
+    return [check_sentence(s, i) for i, s in enumerate(sentences)]
 
 
 def batch_to_ids(

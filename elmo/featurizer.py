@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from elmo.chars import BOS_TOKEN, EOS_TOKEN, TokenBatch, distinct_tokens, words_to_char_ids
+from elmo.chars import (BOS_TOKEN, EOS_TOKEN, TokenBatch, check_sentence, distinct_tokens,
+                        words_to_char_ids)
 from elmo.model import ElmoBiLM
 from elmo.scalar_mix import ScalarMix, weighted_sum
 
@@ -152,7 +153,7 @@ class Embedder:
     @torch.inference_mode()
     def embed_batch(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """One model call on these sentences, in this order: a list of (L+1, n_i, 2P) float32 arrays."""
-        sentences = [_check_sentence(s, i) for i, s in enumerate(sentences)]
+        sentences = [check_sentence(s, i) for i, s in enumerate(sentences)]
         if not sentences:
             return []
         return self._collect(self._launch(sentences))
@@ -241,7 +242,7 @@ class Embedder:
             window = list(itertools.islice(iterator, batch_size * window_batches))
             if not window:
                 return
-            window = [_check_sentence(s, index + i) for i, s in enumerate(window)]
+            window = [check_sentence(s, index + i) for i, s in enumerate(window)]
             index += len(window)
             yield self._embed_list(window, batch_size)
 
@@ -265,13 +266,6 @@ class Embedder:
         return embed_file(self, input_file, output_file, output=output, batch_size=batch_size,
                           sentence_index=sentence_index, resume=resume, force=force,
                           progress=progress)
-
-
-def _check_sentence(sentence: Sequence[str], i: int) -> list[str]:
-    if isinstance(sentence, str):
-        raise TypeError(f"sentence {i} is a str ({sentence[:40]!r}); pass a list of tokens, "
-                        "e.g. sentence.split()")
-    return list(sentence)
 
 
 def select_layers(layers: np.ndarray, output: Output) -> np.ndarray:
