@@ -241,9 +241,9 @@ class OnnxBiLM:
 
     def embed_batch(self, sentences) -> list:
         """Tokenized sentences -> one (L+1, n_i, 2P) float32 array each, as ``Embedder.embed_batch``."""
-        from elmo.chars import batch_to_ids
+        from elmo.chars import batch_to_ids, check_sentence
 
-        sentences = [list(s) for s in sentences]
+        sentences = [check_sentence(s, i) for i, s in enumerate(sentences)]
         if not sentences:
             return []
         layers, _ = self(batch_to_ids(sentences, min_length=1))

@@ -72,6 +72,8 @@ def test_embed_batch_gives_the_embedders_arrays(fixture_export):
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(b, a, atol=1e-5)
     assert OnnxBiLM(path).embed_batch([]) == []
+    with pytest.raises(TypeError, match="sentence 1 is a str"):  # as Embedder: not split into letters
+        OnnxBiLM(path).embed_batch([["ok"], "The cat sat ."])
 
 
 def test_the_graph_has_dynamic_batch_and_length_axes(fixture_export):
