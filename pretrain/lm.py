@@ -11,8 +11,6 @@ given to ``ElmoBiLM`` as a ``TokenBatch`` whose windows already hold their <S>/<
 (``add_boundaries=False``: every position comes back, the top layer un-stripped). Without
 ``dedup`` the full (B, T, C) ids are given instead and deduplicated by the model (the same
 numbers; kept as a check).
-
-``BidirectionalLM`` is ``elmo.ElmoBiLM`` plus the softmax: the model that pretraining trains.
 """
 
 from __future__ import annotations
