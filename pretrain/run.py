@@ -137,7 +137,6 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         Vocabulary.load(vocab_path) if vocab_path else None
     table = WordTable(vocab, config.model.char_cnn.max_characters_per_token)
     t0 = time.time()
-    prepared_dir = prepared_train_dir(train)
     if prepared_dir is not None and d.streaming:
         raise ValueError(f"--train {prepared_dir} is a prepared corpus, read without loading it; "
                          "--streaming is for raw text: leave it out")
