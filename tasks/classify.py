@@ -13,7 +13,7 @@ from torch import nn
 
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
-from tasks.data import Batch, Vocabulary
+from tasks.data import TaskBatch, Vocabulary
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import classification_scores
 from tasks.readers import DataError, Instance, read_classification, read_hf
@@ -32,7 +32,7 @@ class Classifier(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * self.lstm.output_dim, head.mlp_dim), nn.ReLU(),
                                  Dropout(head.dropout), nn.Linear(head.mlp_dim, num_labels))
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: TaskBatch) -> torch.Tensor:
         """-> label scores (B, C)."""
         h = self.lstm(self.dropout(self.encoder(batch)), batch.mask)  # (B, T, 2H)
         m = batch.mask.unsqueeze(-1)  # (B, T, 1)
@@ -40,10 +40,10 @@ class Classifier(nn.Module):
         mean_pool = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H)
         return self.mlp(self.dropout(torch.cat([max_pool, mean_pool], dim=-1)))
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
         return nn.functional.cross_entropy(self.logits(batch), batch.labels)
 
-    def predict(self, batch: Batch) -> list[int]:
+    def predict(self, batch: TaskBatch) -> list[int]:
         return self.logits(batch).argmax(-1).tolist()
 
 

@@ -57,7 +57,9 @@ class Vocabulary:
 
 
 @dataclass
-class Batch:
+class TaskBatch:
+    """One batch of a task model's inputs and targets (pretraining's is ``pretrain.batches.Batch``)."""
+
     mask: torch.Tensor  # (B, T) bool
     tokens: Optional[TokenBatch] = None  # characters of the distinct tokens, for the biLM or the char CNN
     word_ids: Optional[torch.Tensor] = None  # (B, T)
@@ -67,18 +69,19 @@ class Batch:
     labels: Optional[torch.Tensor] = None  # (B,) target label ids
     index: Optional[list] = None  # positions of the examples in the instance list
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> "TaskBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
             if isinstance(value, (torch.Tensor, TokenBatch)):
                 moved[name] = value.to(device)
             elif isinstance(value, ElmoOutput):
                 moved[name] = value._replace(layers=value.layers.to(device), mask=value.mask.to(device))
-        return Batch(**moved)
+        return TaskBatch(**moved)
 
 
 class BatchMaker:
-    """Builds ``Batch`` es for one task model: which inputs it needs and where the layers come from.
+    """Builds the ``TaskBatch``es of one task model: which inputs it needs and where the layers
+    come from.
 
     ``max_characters``: the width of the character ids, the model's ``max_characters_per_token``
     (``TokenEncoder.char_width``; 50 in every released ELMo)."""
@@ -89,11 +92,11 @@ class BatchMaker:
         self.words, self.labels, self.lowercase = words, labels, lowercase
         self.need_chars, self.cache, self.max_characters = need_chars, cache, max_characters
 
-    def make(self, instances: Sequence[Instance], index: list, with_targets: bool = True) -> Batch:
+    def make(self, instances: Sequence[Instance], index: list, with_targets: bool = True) -> TaskBatch:
         tokens = [instances[i].tokens for i in index]
         B, T = len(tokens), max(len(t) for t in tokens)
         lengths = torch.tensor([len(t) for t in tokens])
-        batch = Batch(mask=torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1), index=list(index))
+        batch = TaskBatch(mask=torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1), index=list(index))
         if self.need_chars:
             batch.tokens = batch_to_tokens(tokens, self.max_characters)
         if self.words is not None:
@@ -116,7 +119,7 @@ class BatchMaker:
         return batch
 
     def batches(self, instances: Sequence[Instance], batch_size: int, shuffle: bool = False,
-                rng: Optional[random.Random] = None, with_targets: bool = True) -> Iterator[Batch]:
+                rng: Optional[random.Random] = None, with_targets: bool = True) -> Iterator[TaskBatch]:
         """Length-sorted batches; with ``shuffle`` the ties and the batch order are random."""
         rng = rng or random.Random(0)
         keys = [(len(x.tokens), rng.random() if shuffle else 0.0, i) for i, x in enumerate(instances)]

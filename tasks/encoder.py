@@ -21,7 +21,7 @@ from elmo.bilm import reverse_padded
 from elmo.char_cnn import CharCNN
 from elmo.chars import MAX_CHARACTERS_PER_TOKEN
 from tasks.config import TaskConfig
-from tasks.data import Batch
+from tasks.data import TaskBatch
 
 
 class Dropout(nn.Module):
@@ -97,7 +97,7 @@ class TokenEncoder(nn.Module):
         with torch.no_grad():
             return self.bilm(tokens)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: TaskBatch) -> torch.Tensor:
         """-> token features (B, T, output_dim); zero where ``batch.mask`` is False.
 
         The ELMo features come from ``batch.elmo`` (cached layers) or from running the biLM on

@@ -16,7 +16,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import ConditionalRandomField
-from tasks.data import Batch, Vocabulary
+from tasks.data import TaskBatch, Vocabulary
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2003, read_hf
@@ -37,17 +37,17 @@ class CrfTagger(nn.Module):
         self.output = nn.Linear(self.lstm.output_dim, len(labels))
         self.crf = ConditionalRandomField(len(labels), allowed_transitions(labels, head.tag_scheme))
 
-    def emissions(self, batch: Batch) -> torch.Tensor:
+    def emissions(self, batch: TaskBatch) -> torch.Tensor:
         """-> tag scores (B, T, K)."""
         x = self.dropout(self.encoder(batch))  # (B, T, D)
         h = self.dropout(self.lstm(x, batch.mask))  # (B, T, 2H)
         return self.output(h)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Negative log-likelihood per sentence, averaged over the batch."""
         return -self.crf(self.emissions(batch), batch.tags, batch.mask).mean()
 
-    def predict(self, batch: Batch) -> list[list[int]]:
+    def predict(self, batch: TaskBatch) -> list[list[int]]:
         return self.crf.decode(self.emissions(batch), batch.mask)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import constraint_scores, viterbi_decode
-from tasks.data import Batch, Vocabulary
+from tasks.data import TaskBatch, Vocabulary
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2005_props, read_conll2012_srl
@@ -43,18 +43,18 @@ class SrlTagger(nn.Module):
         self.register_buffer("start", start, persistent=False)
         self.register_buffer("end", end, persistent=False)
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: TaskBatch) -> torch.Tensor:
         """-> tag scores (B, T, K)."""
         x = torch.cat([self.encoder(batch), self.predicate_embedding(batch.predicate)], dim=-1)
         h = self.dropout(self.lstm(self.dropout(x), batch.mask))
         return self.output(h)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Token cross-entropy, averaged over the real tokens of the batch."""
         logits = self.logits(batch)
         return nn.functional.cross_entropy(logits[batch.mask], batch.tags[batch.mask])
 
-    def predict(self, batch: Batch) -> list[list[int]]:
+    def predict(self, batch: TaskBatch) -> list[list[int]]:
         scores = self.logits(batch).log_softmax(-1)
         return viterbi_decode(scores.detach(), batch.mask, self.transitions, self.start, self.end)
 

@@ -108,7 +108,7 @@ def test_fingerprint_tracks_every_weight_and_float16_store(tiny_config):
 def test_cache_output_is_the_biLM_output_of_a_batch(tiny_config):
     """LayerCache.output: the cached layers as an ElmoOutput, the same as ElmoBiLM gives."""
     from elmo import ElmoOutput, batch_to_tokens
-    from tasks.data import Batch
+    from tasks.data import TaskBatch
 
     bilm = ElmoBiLM(tiny_config).eval()
     cache = LayerCache(bilm, batch_size=2)
@@ -123,6 +123,6 @@ def test_cache_output_is_the_biLM_output_of_a_batch(tiny_config):
         torch.testing.assert_close(out.layers[k][:, :8], direct.layers[k], atol=1e-6, rtol=0)
     assert torch.equal(out.mask[:, :8], direct.mask)
     tokens = batch_to_tokens(SENTENCES[:3])
-    moved = Batch(mask=out.mask, tokens=tokens, elmo=out).to(torch.device("cpu"))
+    moved = TaskBatch(mask=out.mask, tokens=tokens, elmo=out).to(torch.device("cpu"))
     assert isinstance(moved.elmo, ElmoOutput) and torch.equal(moved.elmo.layers, out.layers)
     assert torch.equal(moved.tokens.index, tokens.index) and torch.equal(moved.tokens.token_chars, tokens.token_chars)

@@ -177,9 +177,9 @@ class _Head(torch.nn.Module):
 
 class _Maker:
     def batches(self, instances, batch_size, shuffle=False, rng=None, with_targets=True):
-        from tasks.data import Batch
+        from tasks.data import TaskBatch
 
-        yield Batch(mask=torch.ones(1, 1, dtype=torch.bool), index=list(range(len(instances))))
+        yield TaskBatch(mask=torch.ones(1, 1, dtype=torch.bool), index=list(range(len(instances))))
 
 
 @pytest.mark.parametrize("values, epochs", [
