@@ -70,6 +70,7 @@ def test_output_equal_to_an_input_is_refused_even_with_force(tmp_path, model_dir
     os.symlink(src, tmp_path / "link.txt")
     os.link(src, tmp_path / "hard.txt")
     weights = _weights(model_dir)
+    weight_bytes = open(weights, "rb").read()
     for out in (src, str(tmp_path / "link.txt"), str(tmp_path / "hard.txt")):
         for extra in ([], ["--force"]):
             assert cli.main([src, out, "--model", model_dir, "--quiet", *extra]) == 2
@@ -77,6 +78,7 @@ def test_output_equal_to_an_input_is_refused_even_with_force(tmp_path, model_dir
     assert cli.main([src, weights, "--model", model_dir, "--quiet", "--force"]) == 2
     _one_error_line(capsys, "is the input file")
     assert open(src, "rb").read() == before
+    assert open(weights, "rb").read() == weight_bytes  # the weights file, byte for byte
     assert ElmoBiLM.from_pretrained(model_dir) is not None
 
 
