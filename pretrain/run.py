@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from elmo.config import write_json_atomic
+from elmo.io import write_json_atomic
 from pretrain import checkpoint as ckpt
 from pretrain.batches import SentenceBatcher, WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig

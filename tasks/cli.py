@@ -29,9 +29,8 @@ from typing import Optional
 import torch
 
 from elmo import ElmoBiLM, load_original
-from elmo.config import write_json_atomic
 from elmo.hub import DownloadError
-from elmo.io import DiskFullError, atomic_open, check_output, clean_orphans
+from elmo.io import DiskFullError, atomic_open, check_output, clean_orphans, write_json_atomic
 from tasks.cache import LayerCache
 from tasks.checkpoint import (CONFIG_NAME, ELMO_DIR, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup,
                               save_weights)
