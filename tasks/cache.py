@@ -30,18 +30,16 @@ import torch
 from tqdm import tqdm
 
 from elmo import ElmoBiLM, ElmoOutput, batch_to_tokens
+from elmo.dump import model_fingerprint as dump_fingerprint
 from elmo.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
 def model_fingerprint(bilm: ElmoBiLM) -> str:
-    """A hash of the configuration and every tensor of the state (weights and warm state)."""
-    h = hashlib.sha256(json.dumps(bilm.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(bilm.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
+    """The name of a model's group in the cache file: ``elmo.dump.model_fingerprint`` (the
+    configuration and every tensor of the state, weights and warm state), shortened."""
+    return dump_fingerprint(bilm)[:24]
 
 
 def sentence_key(tokens: Sequence[str]) -> str:
