@@ -118,9 +118,9 @@ def export_original(model_dir: str, options_file: str, weight_file: str,
     for flag, path in outputs:
         if path is None:
             continue
-        check_output(path, inputs=inputs, force=force, what=f"{flag}", create_folder=True)
+        check_output(path, inputs=inputs, force=force, what=flag, create_folder=True)
         for other_flag, other in seen:
-            if same_file(path, other) or os.path.abspath(path) == os.path.abspath(other):
+            if same_file(path, other):  # the same path too, even before either exists
                 raise OutputPathError(f"{flag} {path} is the same path as {other_flag}; give each "
                                       "output its own file")
         seen.append((flag, path))
