@@ -21,7 +21,7 @@ and used by both implementations:
   included, median of --runs after 2 warm-ups; its top layer's maximum difference from ours.
 
 "CPU ms/call" is the median process CPU time of a timed batch call (all threads; on a machine shared
-with other jobs it moves less than the wall-clock rate, best read with --threads 1). Each
+with other jobs it usually moves less than the wall-clock rate; read it with --threads 1). Each
 measurement runs in a fresh process (so "peak MiB" is that run's maximum resident memory).
 The AllenNLP side runs when its environment exists (shared/peers/allennlp-elmo/setup.sh, default
 /tmp/refenv). ``--device cuda`` times only the featurizer on that device (``worker_gpu``: no peer,

@@ -25,7 +25,7 @@ eagerly and --compile-rows compiled, for each --configs: tokens/s, ms per step, 
 model FLOPs utilisation against --peak-tflops (neither ``datasets`` nor the peer is imported).
 
 "CPU ms/step" is the median process CPU time of a timed step (all threads; on a machine shared
-with other jobs it moves less than the wall-clock rate, best read with --threads 1).
+with other jobs it usually moves less than the wall-clock rate; read it with --threads 1).
 Each measurement runs in a fresh process, so "peak MiB" is that run's maximum resident memory
 (on CUDA: peak allocated GPU memory). The AllenNLP side runs when its environment exists
 (shared/peers/allennlp-elmo/setup.sh; default /tmp/refenv, or $REFENV). ``--markdown FILE`` also
