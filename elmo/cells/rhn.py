@@ -37,7 +37,6 @@ class Rhn(SteppedLayer):
         # The micro-steps are this cell's deep transition: no extra transition layers.
         super().__init__(input_dim, hidden_dim, projection_dim, (H,), recurrent_dim=H,
                          update_dim=transition_depth * H, transition_depth=1, **options)
-        self.depth = transition_depth
         self.input_weight = nn.Parameter(torch.empty(input_dim, 3 * H))  # [W_H, W_T, W_C]
         L = transition_depth
         self.micro_weights = nn.ParameterList(torch.empty(H, 3 * H) for _ in range(L))  # [R_Hl, R_Tl, R_Cl]
