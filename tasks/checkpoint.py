@@ -12,6 +12,7 @@ The ELMo is copied rather than referenced so the folder keeps working when the o
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 from typing import Optional
@@ -21,7 +22,7 @@ from torch import nn
 
 from elmo import ElmoBiLM
 from elmo.io import DiskFullError, atomic_open, write_json_atomic
-from tasks.config import TaskConfig
+from tasks.config import TASKS, TaskConfig
 from tasks.data import Vocabulary
 from tasks.task import Task
 
@@ -43,16 +44,11 @@ def _damaged(path: str):
 
 
 def get_task(name: str) -> Task:
-    """The module (ner, srl or classify) holding a task's head and data functions (a ``Task``)."""
-    if name == "ner":
-        from tasks import ner as task
-    elif name == "srl":
-        from tasks import srl as task
-    elif name == "classify":
-        from tasks import classify as task
-    else:
-        raise ValueError(f"unknown task {name!r}; valid tasks: ner, srl, classify")
-    return task
+    """The module (``tasks.ner``, ``tasks.srl`` or ``tasks.classify``) holding a task's head and
+    data functions (a ``Task``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return importlib.import_module(f"tasks.{name}")
 
 
 def head_state(model: nn.Module, include_bilm: bool = False) -> dict:

@@ -262,6 +262,8 @@ def test_every_task_module_follows_the_task_protocol():
             wanted = list(inspect.signature(getattr(Task, member)).parameters)[1:]  # without self
             assert list(inspect.signature(getattr(module, member)).parameters) == wanted, (name, member)
     assert not isinstance(object(), Task)
+    with pytest.raises(ValueError, match="unknown task 'pos'; valid tasks: ner, srl, classify"):
+        get_task("pos")
 
 
 def test_orphaned_temporary_files_are_removed_at_the_next_run(model_dir, tmp_path, capsys):
