@@ -66,7 +66,7 @@ class CharCNN(nn.Module):
         N = char_ids.shape[0]
         if N == 0:
             return self.projection.weight.new_zeros((0, self.output_dim))
-        if N < 64:
+        if N < 64 or not sync.may_sync(char_ids):  # on a GPU: one group, all C positions
             features = self.convolve(self.trim_characters(char_ids))
         else:
             order = torch.argsort((char_ids != PADDING_ID).sum(-1))  # shortest first
