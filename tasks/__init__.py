@@ -6,7 +6,8 @@
     crf.py       CRF (forward algorithm, constrained Viterbi)
     cache.py     each sentence's ELMo layers computed once (memory or HDF5)
     encoder.py   scalar mix of the layers (+ word embeddings / char CNN baseline); BiLSTM
+    task.py      the Task protocol that ner.py, srl.py and classify.py follow
     ner.py, srl.py, classify.py   the heads and their data glue
     train.py     training loop (early stopping, best checkpoint, JSON-lines log)
-    checkpoint.py, config.py, data.py, split.py, cli.py (elmo-task)
+    checkpoint.py, config.py, data.py (TaskBatch, BatchMaker), split.py, cli.py (elmo-task)
 """
