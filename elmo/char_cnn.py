@@ -84,8 +84,8 @@ class CharCNN(nn.Module):
     def convolve(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids (N, C) -> (N, n_filters): convolutions, max-pooled, activation.
 
-        Each convolution is computed as one matrix product over all character windows (about 2x
-        faster on CPU than ``conv1d`` for these shapes), max-pooled over positions; the bias is
+        Each convolution is computed as one matrix product over all character windows (chosen
+        over ``conv1d`` for CPU speed at these shapes), max-pooled over positions; the bias is
         added after the max (it is constant over positions).
         """
         x = self.char_embedding(char_ids)  # (N, C, e)
