@@ -63,9 +63,16 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     for ax in (ax1, ax2):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_tokens))
     fig.tight_layout()
+    save_figure(fig, out_path)
+    return True
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG through elmo.io's atomic writer, then close it."""
+    import matplotlib.pyplot as plt
+
     try:
-        with atomic_path(out_path, suffix=".png") as tmp:
+        with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-    return True

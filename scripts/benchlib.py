@@ -62,12 +62,7 @@ def run_peer_bench(mode: str, size: str, weights_dir: str, runs: int, threads: i
     runs_flag = "--runs" if mode == "infer" else "--train-runs"
     cmd = [_peer_python(), os.path.join(PEER_DIR, "bench_reference.py"), "--configs", PEER_NAMES[size],
            "--mode", mode, "--weights-dir", weights_dir, runs_flag, str(runs), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"([\d.]+) tokens/s median.*peak RSS (\d+) MiB", out.stdout)
-    if out.returncode != 0 or not m:
-        print(f"# AllenNLP {mode} run failed: {out.stderr[-500:]}", file=sys.stderr)
-        return None
-    return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
+    return _run_peer(cmd, r"([\d.]+) tokens/s median.*peak RSS (\d+) MiB", "stdout", mode)
 
 
 def run_peer_file(options: str, weights: str, src: str, dst: str, threads: int) -> Optional[dict]:
@@ -76,10 +71,15 @@ def run_peer_file(options: str, weights: str, src: str, dst: str, threads: int) 
     cmd = [_peer_python(), os.path.join(PEER_DIR, "run_reference.py"), "--options", options,
            "--weights", weights, "--input", src, "--output", dst, "--batch-size", "64", "--stateless",
            "--threads", str(threads)]
+    return _run_peer(cmd, r"\(([\d.]+) tokens/s\), peak RSS (\d+) MiB", "stderr", "file")
+
+
+def _run_peer(cmd: list, pattern: str, stream: str, what: str) -> Optional[dict]:
+    """Run a peer script; its speed and peak RSS read from ``stream`` by ``pattern``, or None."""
     out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"\(([\d.]+) tokens/s\), peak RSS (\d+) MiB", out.stderr)
+    m = re.search(pattern, getattr(out, stream))
     if out.returncode != 0 or not m:
-        print(f"# AllenNLP file run failed: {out.stderr[-500:]}", file=sys.stderr)
+        print(f"# AllenNLP {what} run failed: {out.stderr[-500:]}", file=sys.stderr)
         return None
     return {"tokens_per_s": float(m.group(1)), "peak_mib": float(m.group(2))}
 

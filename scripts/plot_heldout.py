@@ -114,13 +114,9 @@ def plot(runs: list, out: str, references: list) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from elmo.io import atomic_path  # PATH.tmp.PID.png, fsync, rename; removed on any error
+    from pretrain.plot import save_figure  # atomic PNG write, figure closed
 
-    try:
-        with atomic_path(out, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
     return True
 
 
