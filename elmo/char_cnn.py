@@ -1,7 +1,7 @@
 """The character encoder of ELMo (Peters et al. 2018, sec. 3.4; Kim et al. 2016).
 
 char ids (B, T, C) -> char embedding (B, T, C, e) -> convolutions of several widths over the C
-characters, max-pooled over positions and passed through the activation -> highway layers ->
+characters, max-pooled over positions and passed through the activation (relu or tanh) -> highway layers (relu) ->
 linear projection to the biLM's input size P. Only real tokens (char id row not all zero) are
 encoded; padding positions come out as zeros and cost nothing.
 """
@@ -20,24 +20,24 @@ PADDING_ID = PADDING_CHAR + 1  # the padding character after the +1 shift
 
 
 class Highway(nn.Module):
-    """``y = t * f(x W_t + b_t) + (1 - t) * x`` with the gate ``t = sigmoid(x W_c + b_c)``.
+    """``y = t * relu(x W_t + b_t) + (1 - t) * x`` with the gate ``t = sigmoid(x W_c + b_c)``.
 
     This is the formula the original TF code computes (it calls ``t`` the carry gate). Both
     products share one ``Linear(d, 2d)``: the first half is the transform, the second the gate.
+    The transform is always a relu: the options' ``activation`` is the convolutions' (as in the
+    original and in Kim et al. 2016, whose convolutions are tanh and highway layers relu).
     """
 
-    def __init__(self, dim: int, num_layers: int, activation: str = "relu") -> None:
+    def __init__(self, dim: int, num_layers: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in range(num_layers))
-        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, dim) -> (N, dim)."""
-        act = torch.relu if self.activation == "relu" else torch.tanh
         for layer in self.layers:
             transform, gate = layer(x).chunk(2, dim=-1)  # (N, dim) each
             gate = torch.sigmoid(gate)
-            x = gate * act(transform) + (1 - gate) * x
+            x = gate * torch.relu(transform) + (1 - gate) * x
         return x
 
 
@@ -52,7 +52,7 @@ class CharCNN(nn.Module):
         self.char_embedding = nn.Embedding(config.n_characters, config.embedding_dim, padding_idx=0)
         self.convolutions = nn.ModuleList(
             nn.Conv1d(config.embedding_dim, count, kernel_size=width) for width, count in config.filters)
-        self.highway = Highway(config.n_filters, config.n_highway, config.activation)
+        self.highway = Highway(config.n_filters, config.n_highway)
         self.projection = nn.Linear(config.n_filters, output_dim)
 
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ class CharCNN(nn.Module):
         N = char_ids.shape[0]
         if N == 0:
             return self.projection.weight.new_zeros((0, self.output_dim))
-        if N < 64 or not sync.may_sync(char_ids):  # on a GPU: one group, all C positions
+        if not sync.may_sync(char_ids) or N < 64:  # on a GPU or in a graph: one group, all C positions
             features = self.convolve(self.trim_characters(char_ids))
         else:
             order = torch.argsort((char_ids != PADDING_ID).sum(-1))  # shortest first
@@ -138,7 +138,10 @@ class CharCNN(nn.Module):
 
 
 def check_char_ids(char_ids: torch.Tensor, n_characters: int) -> None:
-    """Raise a clear error for ids outside the embedding table (instead of an index error)."""
+    """Raise a clear error for ids outside the embedding table (instead of an index error); not
+    in a graph being exported (it has no values to read)."""
+    if torch.compiler.is_exporting():
+        return
     if char_ids.numel() and (int(char_ids.max()) >= n_characters or int(char_ids.min()) < 0):
         raise ValueError(f"char_ids must lie in [0, {n_characters}), found values in "
                          f"[{int(char_ids.min())}, {int(char_ids.max())}]; build them with "

@@ -16,7 +16,7 @@ def _sigmoid(x):
 
 def test_highway_matches_the_tf_formula():
     torch.manual_seed(1)
-    hw = Highway(5, 2, "relu").double()
+    hw = Highway(5, 2).double()
     x = torch.randn(3, 5, dtype=torch.float64)
     expected = x.numpy()
     for layer in hw.layers:
@@ -28,7 +28,7 @@ def test_highway_matches_the_tf_formula():
 
 
 def test_highway_gradcheck():
-    hw = Highway(4, 2, "tanh").double()
+    hw = Highway(4, 2).double()
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(hw, (x,))
 
@@ -156,3 +156,34 @@ def test_reverse_padded_both_layouts_and_gradient():
     torch.testing.assert_close(x.grad, w_back, rtol=0, atol=0)
     with pytest.raises(ValueError, match="time_dim must be 0 or 1, got 2"):
         reverse_padded(x, lengths, time_dim=2)
+
+
+def test_tanh_char_cnn_applies_tanh_to_the_convolutions_and_relu_in_the_highway():
+    """The options' activation is the convolutions' alone (the original and Kim et al. 2016:
+    tanh convolutions, relu highway transform): checked against numpy."""
+    torch.manual_seed(3)
+    config = CharCNNConfig(embedding_dim=3, filters=[[1, 2], [2, 3]], n_highway=1, activation="tanh",
+                           max_characters_per_token=8)
+    cnn = CharCNN(config, output_dim=4).double()
+    with torch.no_grad():
+        for p in cnn.parameters():
+            p.normal_(0, 1.5)  # large enough that tanh and relu differ on most entries
+        cnn.char_embedding.weight[0].zero_()
+    ids = torch.tensor([[5, 7, 9, 3, 261, 261, 261, 261], [2, 6, 261, 261, 261, 261, 261, 261]])
+    emb = cnn.char_embedding.weight.detach().numpy()[ids.numpy()]  # (N, C, e)
+    feats = []
+    for conv in cnn.convolutions:
+        w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()  # (k, e, width), (k,)
+        width = w.shape[-1]
+        L = emb.shape[1] - width + 1
+        y = np.stack([np.einsum("nce,kec->nk", emb[:, j : j + width], w) for j in range(L)], 1) + b
+        feats.append(np.tanh(y).max(1))
+    x = np.concatenate(feats, -1)
+    hw = cnn.highway.layers[0]
+    w, b = hw.weight.detach().numpy(), hw.bias.detach().numpy()
+    d = x.shape[1]
+    gate = _sigmoid(x @ w[d:].T + b[d:])
+    x = gate * np.maximum(x @ w[:d].T + b[:d], 0) + (1 - gate) * x
+    expected = x @ cnn.projection.weight.detach().numpy().T + cnn.projection.bias.detach().numpy()
+    np.testing.assert_allclose(cnn.encode_characters(ids).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cnn.encode_tokens(ids).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
