@@ -1,6 +1,6 @@
 """Benchmark of the pretraining data path: raw text read at every start vs a prepared corpus.
 
-    python scripts/bench_data.py --tokens 10M,100M --work /work/bench-data --threads 1
+    python scripts/bench_data.py --tokens 10M,100M --work /work/bench-data --threads 1 [--markdown docs/benchmarks.md]
 
 For each size it builds (once, cached under --work) a synthetic corpus by sampling real lines
 with replacement (BBC News paragraphs and CoNLL-2003 training sentences from .data/, see
@@ -30,7 +30,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,10 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import ROOT, mib  # noqa: E402
+
 sys.path.insert(0, ROOT)
 
 # The data path is what is measured, not the model: a biLM small enough that 200 steps of 128 x 20
@@ -113,27 +115,22 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> tuple[float, float]:
     """Wall seconds of ``elmo-prepare`` from scratch (a fresh process, imports included) and the
     CPU seconds it and its workers used."""
     shutil.rmtree(out, ignore_errors=True)
-    t0, c0 = time.perf_counter(), _children_cpu()
+    t0, c0 = time.perf_counter(), benchlib.cpu_seconds(children=True)
     subprocess.run([sys.executable, "-m", "pretrain.prepared", text, "--out", out, "--tokenizer",
                     tokenizer, "--workers", str(workers), "--no-progress", "--log-level", "WARNING"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0, _children_cpu() - c0
+    return time.perf_counter() - t0, benchlib.cpu_seconds(children=True) - c0
 
 
 # -- one training start, in a fresh process ---------------------------------------------------
-def _train_child(argv: list[str]) -> None:
-    """``--child TRAIN OUT STEPS THREADS PREPARE RESUME``: print a JSON line of timings and RSS."""
-    t_process = float(os.environ["BENCH_T0"])
-    train, out, steps, threads, prepare, resume, model = argv
+def worker(spec: dict) -> dict:
+    """One training run (``train_start``'s arguments): the seconds from the process start, the CPU
+    seconds and the memory (``benchlib.memory_mib``) at the first step, the memory at the last."""
+    train, out, steps, threads = spec["train"], spec["out"], spec["steps"], spec["threads"]
     import torch
 
     from pretrain.config import pretrain_preset
@@ -141,42 +138,34 @@ def _train_child(argv: list[str]) -> None:
 
     torch.set_num_threads(int(threads))
     config = pretrain_preset("tiny")
-    for a in (TOY_MODEL if model == "toy" else ()):
+    for a in (TOY_MODEL if spec["model"] == "toy" else ()):
         config = config.with_override(a)
-    for a in ("data.batch_size=128", "data.window=20", f"data.prepare={prepare}",
+    for a in ("data.batch_size=128", "data.window=20", f"data.prepare={str(spec['prepare']).lower()}",
               "train.eval_at_start=false", "train.eval_every=1000000", "train.checkpoint_every=1000000",
               "train.progress=false", f"train.max_steps={steps}", "train.log_every=1",
               "data.eval_max_tokens=2000"):
         config = config.with_override(a)
     seen = {}
 
-    def rss() -> dict:
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-        return {"peak_mib": int(status["VmHWM"].split()[0]) / 1024,
-                "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
-                "file_mib": int(status["RssFile"].split()[0]) / 1024}
+    def memory() -> dict:
+        return {f"{key}_mib": value for key, value in benchlib.memory_mib().items() if key != "rss"}
 
     def callback(trainer, metrics):
         if "first" not in seen:
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            seen["first"] = {"seconds": time.time() - t_process, "step": metrics["step"],
-                             "cpu_seconds": usage.ru_utime + usage.ru_stime, **rss()}
-        seen["last"] = {"step": metrics["step"], **rss()}
+            seen["first"] = {"seconds": time.time() - spec["t0"], "step": metrics["step"],
+                             "cpu_seconds": benchlib.cpu_seconds(), **memory()}
+        seen["last"] = {"step": metrics["step"], **memory()}
 
-    run(config, [train], out, resume=resume == "1", callback=callback)
-    print("BENCH " + json.dumps(seen), flush=True)
+    run(config, [train], out, resume=spec["resume"], callback=callback)
+    return seen
 
 
 def train_start(train: str, out: str, steps: int, threads: int, prepare: bool, resume: bool,
                 env: dict, model: str = "toy") -> dict:
-    env = dict(env, BENCH_T0=repr(time.time()))
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", train, out, str(steps),
-                        str(threads), "true" if prepare else "false", "1" if resume else "0", model],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
-    for line in p.stdout.splitlines():
-        if line.startswith("BENCH "):
-            return json.loads(line[6:])
-    raise SystemExit(f"training run failed:\n{p.stderr[-3000:]}")
+    """``worker`` in a fresh process (the time to the first step counts its imports)."""
+    spec = {"train": train, "out": out, "steps": steps, "threads": threads, "prepare": prepare,
+            "resume": resume, "model": model, "t0": time.time()}
+    return benchlib.run_worker(os.path.abspath(__file__), spec, env=env, cwd=ROOT)
 
 
 # -- batch production -------------------------------------------------------------------------
@@ -234,11 +223,9 @@ def _reader(corpus_dir: str, rank: int, world: int, queue) -> None:
     for s in train.sentences(0, 0, rank, world):
         n_sentences += 1
         n_tokens += len(s)
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    memory = benchlib.memory_mib()
     queue.put({"rank": rank, "sentences": n_sentences, "tokens": n_tokens,
-               "anon_mib": int(status["RssAnon"].split()[0]) / 1024,
-               "file_mib": int(status["RssFile"].split()[0]) / 1024,
-               "peak_mib": int(status["VmHWM"].split()[0]) / 1024})
+               "anon_mib": memory["anon"], "file_mib": memory["file"], "peak_mib": memory["peak"]})
 
 
 def shared_readers(corpus_dir: str, world: int = 2) -> list:
@@ -256,13 +243,7 @@ def shared_readers(corpus_dir: str, world: int = 2) -> list:
     return out
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return _train_child(sys.argv[2:])
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", default="10M,100M", help="corpus sizes, e.g. 10M,100M")
     p.add_argument("--work", default="/work/bench-data", help="folder for corpora and runs (outside the repo)")
@@ -279,7 +260,13 @@ def main() -> None:
     p.add_argument("--full-up-to", default="10M",
                    help="up to this size also: preparation with 1 worker and with the punct tokenizer, "
                         "the raw path's resumed start and batch rate, the implicit-preparation run")
-    args = p.parse_args()
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # one training run (train_start)
+    benchlib.add_output_flags(p, "data")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+    benchlib.check_output_flags(p, args)
     sizes = [parse_count(s) for s in args.tokens.split(",")]
     args.full_up_to = parse_count(args.full_up_to)
     os.makedirs(args.work, exist_ok=True)
@@ -287,10 +274,9 @@ def main() -> None:
                HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=os.path.join(args.work, "hf-cache"))
     os.environ.update({k: env[k] for k in ("OMP_NUM_THREADS", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE",
                                            "HF_DATASETS_CACHE")})
-    load0 = os.getloadavg()
-    print(f"# bench_data: sizes {args.tokens}, training runs: {args.model} biLM, 128 x 20 window batches, "
-          f"{args.threads} torch thread(s), {args.steps} steps; load average at start "
-          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+    config = (f"sizes {args.tokens}, training runs: {args.model} biLM, 128 x 20 window batches, "
+              f"{args.threads} torch thread(s), {args.steps} steps")
+    print(f"# bench_data: {config}; {benchlib.machine('cpu', args.threads)}", flush=True)
     results_path = os.path.join(args.work, "bench_data_results.json")
     saved = {}
     if os.path.isfile(results_path):
@@ -366,15 +352,21 @@ def main() -> None:
         saved[str(n)] = r
         with open(results_path, "w") as f:
             json.dump(saved, f, indent=1)
-    report([saved[str(n)] for n in sorted(set(sizes + [int(k) for k in saved])) if str(n) in saved
-            and (n in sizes or args.report_all)], args)
+    lines = report([saved[str(n)] for n in sorted(set(sizes + [int(k) for k in saved])) if str(n) in saved
+                    and (n in sizes or args.report_all)], args)
+    print("\n## table\n\n" + "\n".join(lines))
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.markdown:
+        benchlib.write_section(args.markdown, args.section, benchlib.section_text(
+            args.section, "Pretraining data: raw text vs a prepared corpus", benchlib.command_line(__file__, argv),
+            config, lines, threads=args.threads))
 
 
-def report(results: list, args) -> None:
-    print("\n## table\n")
-    cols = [f"{r['tokens'] / 1e6:,.0f}M tokens" for r in results]
-    print("| | " + " | ".join(cols) + " |")
-    print("| --- |" + " ---: |" * len(cols))
+def report(results: list, args) -> list:
+    """The table (one column per corpus size), the extrapolation to 1B tokens and the comparison
+    with a GPU's consumption, as markdown lines."""
+    rows = []
 
     def row(label, fn):
         cells = []
@@ -384,7 +376,7 @@ def report(results: list, args) -> None:
             except (KeyError, TypeError):
                 cell = "-"
             cells.append("-" if cell.startswith("nan") or "/ nan" in cell else cell)
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append([label, *cells])
 
     rate = lambda key: lambda r: f"{r['tokens'] / r[key] / 1e6:.2f}M tokens/s"  # noqa: E731
     row("prepare, whitespace, 1 worker", rate("prep_whitespace_1"))
@@ -412,10 +404,12 @@ def report(results: list, args) -> None:
     row("prepared: batch production (tokens per CPU second)", lambda r: f"{r['batch_prepared'][0] / 1e6:.2f}M")
     row("prepared: batch + (B, T, 50) char ids (per CPU second)", lambda r: f"{r['batch_prepared'][1] / 1e6:.2f}M")
     row("prepared: batch production (tokens per wall second)", lambda r: f"{r['batch_prepared'][2] / 1e6:.2f}M")
+    lines = benchlib.markdown_table(["", *(f"{r['tokens'] / 1e6:,.0f}M tokens" for r in results)], rows,
+                                    right=range(1, len(results) + 1))
     if len(results) >= 2:
         a, b = results[0], results[-1]
         dt = b["tokens"] - a["tokens"]
-        print(f"\nExtrapolated to 1B tokens (the slope between {a['tokens'] / 1e6:.0f}M and "
+        lines.append(f"\nExtrapolated to 1B tokens (the slope between {a['tokens'] / 1e6:.0f}M and "
               f"{b['tokens'] / 1e6:.0f}M tokens; CPU seconds are this process's own, wall seconds "
               f"depend on the machine's load):")
 
@@ -426,7 +420,7 @@ def report(results: list, args) -> None:
                 return float("nan")
             return fb + (fb - fa) / dt * (1e9 - b["tokens"])
 
-        print(f"- prepared corpus on disk: {at_1b(lambda r: r['prepared_bytes']) / 2**30:.1f} GiB "
+        lines.append(f"- prepared corpus on disk: {at_1b(lambda r: r['prepared_bytes']) / 2**30:.1f} GiB "
               f"(text: {at_1b(lambda r: r['text_bytes']) / 2**30:.1f} GiB); preparation with 2 workers: "
               f"{at_1b(lambda r: r['prep_whitespace_2_cpu']) / 60:.1f} CPU minutes, "
               f"{at_1b(lambda r: r['prep_whitespace_2']) / 60:.1f} min wall")
@@ -441,14 +435,13 @@ def report(results: list, args) -> None:
                     (f"({wall:.0f} s wall)" if wall > 0 else "(wall seconds fell with the load: not extrapolated)"))
             if b["runs"][label]["resumed"]["first"]["cpu_seconds"] == b["runs"][label]["resumed"]["first"]["cpu_seconds"]:
                 text += f", resumed step after {at_1b(resumed('cpu_seconds')):.0f} CPU s"
-            print(text + f", peak RSS {at_1b(peak) / 1024:.1f} GiB per process (growth "
+            lines.append(text + f", peak RSS {at_1b(peak) / 1024:.1f} GiB per process (growth "
                   f"{a['tokens'] / 1e6:.0f}M -> {b['tokens'] / 1e6:.0f}M tokens: {peak(b) - peak(a):+,.0f} MiB)")
     best = min(r["batch_prepared"][0] for r in results)  # tokens per CPU second
-    print(f"\nA training step at ORIGINAL size on one GPU consumes about {GPU_TOKENS_PER_S:,} tokens/s "
-          f"(DESIGN.md, 'Scale and GPUs'); one core produces prepared window batches at "
-          f"{best / 1e6:.2f}M tokens/s, {best / GPU_TOKENS_PER_S:.1f}x that.")
-    load = os.getloadavg()
-    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    lines.append(f"\nA training step at ORIGINAL size on one GPU consumes about {GPU_TOKENS_PER_S:,} tokens/s "
+                 f"(DESIGN.md, 'Scale and GPUs'); one core produces prepared window batches at "
+                 f"{best / 1e6:.2f}M tokens/s, {best / GPU_TOKENS_PER_S:.1f}x that.")
+    return lines
 
 
 if __name__ == "__main__":

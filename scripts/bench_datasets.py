@@ -1,6 +1,7 @@
 """Memory of ``elmo.hf_datasets.add_elmo_vectors``: does the peak grow with the data set?
 
     python scripts/bench_datasets.py [--sentences 3500 14041] [--output all] [--threads 1]
+        [--markdown docs/benchmarks.md]
 
 For each size, a fresh process reads the first N CoNLL-2003 training sentences (.data/, through
 ``datasets.Dataset.from_generator``), loads the reference fixture model
@@ -15,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import ROOT  # noqa: E402
+
 REFERENCE = os.environ.get("ELMO_REFERENCE_DIR", os.path.join(ROOT, "..", "shared", "reference",
                                                               "elmo-tf-fixtures"))
 
@@ -43,11 +45,6 @@ def conll_sentences(path: str, limit: int):
         yield {"tokens": tokens}
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def worker(spec: dict) -> dict:
     import datasets
     import torch
@@ -61,15 +58,15 @@ def worker(spec: dict) -> dict:
     embedder = Embedder.from_pretrained(options_file=os.path.join(REFERENCE, "options.json"),
                                         weight_file=os.path.join(REFERENCE, "lm_weights.hdf5"), device="cpu")
     out_file = os.path.join(spec["tmp"], "elmo.arrow")
-    before = rss_bytes()
+    before = benchlib.memory_mib()["rss"]
     t0 = time.perf_counter()
     add_elmo_vectors(ds, embedder, output=spec["output"], batch_size=256, cache_file_name=out_file,
                      load_from_cache_file=False)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = benchlib.peak_mib()
     n_tok = sum(len(t) for t in ds["tokens"])
     return {"rows": ds.num_rows, "tokens": n_tok, "seconds": seconds,
-            "arrow_mib": os.path.getsize(out_file) / 2**20, "growth_mib": (peak - before) / 2**20}
+            "arrow_mib": os.path.getsize(out_file) / 2**20, "growth_mib": peak - before}
 
 
 def main(argv=None) -> int:
@@ -79,28 +76,36 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=os.path.join(ROOT, ".data", "conll2003", "train.txt"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    benchlib.add_output_flags(ap, "datasets")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    benchlib.check_output_flags(ap, args)
     for path in (args.data, os.path.join(REFERENCE, "lm_weights.hdf5")):
         if not os.path.isfile(path):
             print(f"bench_datasets: {path} not found (run scripts/get_data.py; ELMO_REFERENCE_DIR)",
                   file=sys.stderr)
             return 2
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    print(f"# add_elmo_vectors, output={args.output}, batch 256, reference fixture model (2P = 32), "
-          f"{args.threads} thread(s)")
-    print("| sentences | tokens | seconds | Arrow column MiB | peak memory growth MiB |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    config = (f"add_elmo_vectors, output={args.output}, batch 256, the reference fixture model (2P = 32), "
+              f"{args.threads} thread(s), the first N CoNLL-2003 training sentences, one fresh process each")
+    print(f"# {config}")
+    header = ["sentences", "tokens", "seconds", "Arrow column MiB", "peak memory growth MiB"]
+    rows = []
     for n in args.sentences:
         with tempfile.TemporaryDirectory(prefix="elmo_bench_ds_") as tmp:
             spec = {"n": n, "output": args.output, "threads": args.threads, "data": args.data, "tmp": tmp}
-            out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                                 capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {r['rows']:,} | {r['tokens']:,} | {r['seconds']:.0f} | {r['arrow_mib']:.0f} | "
-              f"{r['growth_mib']:.0f} |")
+            r = benchlib.run_worker(__file__, spec, env=env)
+        rows.append((f"{r['rows']:,}", f"{r['tokens']:,}", f"{r['seconds']:.1f}", f"{r['arrow_mib']:.1f}",
+                     f"{r['growth_mib']:.0f}"))
+        print(f"# {n} sentences done", flush=True)
+    table = benchlib.markdown_table(header, rows, right=range(len(header)))
+    print("\n".join(table))
+    if args.markdown:
+        benchlib.write_section(args.markdown, args.section, benchlib.section_text(
+            args.section, "Memory of add_elmo_vectors", benchlib.command_line(__file__, argv), config,
+            table, threads=args.threads))
     return 0
 
 

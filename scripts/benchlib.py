@@ -1,8 +1,9 @@
 """The benchmark scripts' shared harness: the AllenNLP peer runs, memory, weights, workers and the
 tables they print and write into docs/benchmarks.md.
 
-Imported by scripts/bench_embed.py, bench_pretrain.py, bench_tasks.py and bench_cells.py (each puts
-its own folder on ``sys.path``). Only the standard library at import time: torch, numpy and elmo
+Imported by every bench script (bench_embed.py, bench_pretrain.py, bench_tasks.py, bench_cells.py,
+bench_data.py, bench_datasets.py, bench_ab.py) and gpu_check.py (each puts its own folder on
+``sys.path``). Only the standard library at import time: torch, numpy and elmo
 are imported inside the functions that need them, and nothing here imports ``datasets`` or the
 peer's packages (the GPU check runs these scripts where neither may be installed).
 """
@@ -110,16 +111,47 @@ def ensure_weights(size: str, weights_dir: str, bias_std: float = 0.0) -> tuple:
     return options, weights
 
 
+def memory_mib() -> dict:
+    """This process's memory in MiB from /proc/self/status (Linux): ``peak`` (VmHWM, the high-water
+    mark of the resident set), ``rss`` (VmRSS, now), ``anon`` (RssAnon: heap, tensors) and ``file``
+    (RssFile: mapped files such as a memory-mapped corpus). Elsewhere only ``peak``, from
+    ``ru_maxrss``. VmHWM is the process's own: a child's ``ru_maxrss`` also counts the parent's
+    resident set at the fork, which Linux carries across exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        kib = {key: int(status[field].split()[0]) for key, field in
+               (("peak", "VmHWM"), ("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
+        return {key: value / 1024.0 for key, value in kib.items()}
+    except (OSError, KeyError, ValueError):
+        import resource  # POSIX only; imported here so that the rest of the harness works elsewhere
+
+        return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
 def peak_mib(device: str = "cpu") -> float:
-    """This process's peak memory in MiB: the maximum resident set on CPU, the peak allocated GPU
-    memory (``torch.cuda.max_memory_allocated``) on CUDA."""
+    """This process's peak memory in MiB: the high-water mark of its resident set on CPU
+    (``memory_mib()["peak"]``), the peak allocated GPU memory (``torch.cuda.max_memory_allocated``)
+    on CUDA."""
     if str(device).startswith("cuda"):
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource  # POSIX only; imported here so that the rest of the harness works elsewhere
+    return memory_mib()["peak"]
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+def cpu_seconds(children: bool = False) -> float:
+    """User + system CPU seconds of this process, or with ``children`` of its finished children
+    (each waited-for subprocess and the workers it started)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def mib(nbytes: float) -> str:
+    """A byte count as "1,234 MiB"."""
+    return f"{nbytes / 2**20:,.0f} MiB"
 
 
 def sync(device) -> None:
@@ -132,13 +164,15 @@ def sync(device) -> None:
 
 
 # -- workers: one measurement per fresh process --------------------------------------------------------
-def run_worker(script: str, spec: dict, timeout: Optional[float] = None, keep_going: bool = False) -> dict:
+def run_worker(script: str, spec: dict, timeout: Optional[float] = None, keep_going: bool = False,
+               env: Optional[dict] = None, cwd: Optional[str] = None) -> dict:
     """Run ``python script --worker JSON`` in a fresh process (its own peak memory) and return the
     JSON object on its last stdout line. A failure raises RuntimeError with the stderr tail, or with
-    ``keep_going`` returns {"error": one line} (a timeout too), for tables that report it in place."""
+    ``keep_going`` returns {"error": one line} (a timeout too), for tables that report it in place.
+    ``env`` replaces the environment and ``cwd`` the folder of the worker (default: this process's)."""
     try:
         out = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         if keep_going:
             return {"error": f"timed out after {timeout:.0f} s"}

@@ -1,6 +1,6 @@
 """The GPU check of issue 17: tests, training-step grid, featurizer; one table (``gpu_check.sh``).
 
-    python scripts/gpu_check.py [--dry-run] [--out DIR] [--budget SECONDS]
+    python scripts/gpu_check.py [--dry-run] [--out DIR] [--budget SECONDS] [--markdown docs/benchmarks.md]
 
 In order, while the time budget lasts (each later item is skipped, with a row that says so):
 
@@ -15,7 +15,7 @@ In order, while the time budget lasts (each later item is skipped, with a row th
 
 Every measurement runs in its own process. The table is printed and written to
 ``DIR/gpu_check.md`` (DIR: --out, else $OUT, else runs/gpu_check) with the raw numbers in
-``gpu_check.json``. ``--dry-run`` runs the same logic on the CPU with the tiny preset and small
+``gpu_check.json`` (and, with ``--markdown FILE``, as a section of FILE). ``--dry-run`` runs the same logic on the CPU with the tiny preset and small
 sizes (seconds, not minutes). Nothing here imports ``datasets``.
 """
 
@@ -24,17 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
 
+import benchlib  # noqa: E402
+from benchlib import ROOT  # noqa: E402
+
+sys.path.insert(0, ROOT)
 import bench_embed  # noqa: E402
 import bench_pretrain  # noqa: E402
 
@@ -68,7 +69,11 @@ def run_tests(p: dict, budget: Budget) -> dict:
     try:
         import pytest  # noqa: F401
     except ImportError:
-        r = worker_selfcheck_in_process(p) if p["device"] == "cpu" else _subprocess_selfcheck(budget)
+        if p["device"] == "cpu":
+            r = worker_selfcheck_in_process(p)
+        else:  # in a fresh process, so that the sync debug mode and CUDA state stay out of this one
+            out = benchlib.run_worker(__file__, {}, timeout=max(10.0, min(180.0, budget.left())), keep_going=True)
+            r = f"failed: {out['error']}" if "error" in out else out["note"]
         return {"part": "built-in check (no pytest)", "note": r}
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
            os.path.join(ROOT, "tests", "test_cuda.py"), *p["tests"]]
@@ -81,17 +86,6 @@ def run_tests(p: dict, budget: Budget) -> dict:
     failed = [line.split(" - ")[0] for line in out.stdout.splitlines() if line.startswith("FAILED")]
     note = re.sub(r"=+", "", tail).strip() + ("; " + ", ".join(failed) if failed else "")
     return {"part": "tests/test_cuda.py", "note": note.replace("|", "/")}
-
-
-def _subprocess_selfcheck(budget: Budget) -> str:
-    try:
-        out = subprocess.run([sys.executable, __file__, "--selfcheck"], capture_output=True, text=True,
-                             timeout=max(10.0, min(180.0, budget.left())))
-    except subprocess.TimeoutExpired:
-        return "timed out"
-    if out.returncode != 0:
-        return "failed: " + (out.stderr.strip().splitlines() or ["no output"])[-1][:160]
-    return out.stdout.strip().splitlines()[-1]
 
 
 def worker_selfcheck_in_process(p: dict) -> str:
@@ -175,15 +169,8 @@ def embed_rows(p: dict, budget: Budget) -> list:
 
 
 def format_row(row: dict) -> str:
-    return "| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |"
-
-
-def environment(p: dict) -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, {gpu}, python "
-            f"{platform.python_version()}, device {p['device']}")
+    """One row of the table (printed as soon as it is measured)."""
+    return benchlib.markdown_table(COLUMNS, [[row.get(c, "") for c in COLUMNS]])[-1]
 
 
 def main(argv=None) -> int:
@@ -191,12 +178,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="the same logic on the CPU, tiny sizes")
     ap.add_argument("--out", help="folder for gpu_check.md / .json (default $OUT, else runs/gpu_check)")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds for everything (default 420)")
-    ap.add_argument("--selfcheck", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # the built-in check in a fresh process
+    benchlib.add_output_flags(ap, "gpu-check")
     args = ap.parse_args(argv)
     p = plan(args.dry_run)
-    if args.selfcheck:
-        print(worker_selfcheck_in_process(p))
+    if args.worker:
+        print(json.dumps({"note": worker_selfcheck_in_process(p)}))
         return 0
+    benchlib.check_output_flags(ap, args)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -210,16 +199,21 @@ def main(argv=None) -> int:
     print(format_row(rows[-1]), flush=True)
     rows += train_rows(p, budget)
     rows += embed_rows(p, budget)
-    header = (f"# GPU check ({'dry run on the CPU' if args.dry_run else 'CUDA'}): {environment(p)}; "
+    from elmo.io import write_json_atomic, write_text_atomic
+
+    environment = benchlib.machine(p["device"], p["threads"])
+    header = (f"# GPU check ({'dry run on the CPU' if args.dry_run else 'CUDA'}): {environment}; "
               f"{time.monotonic() - t0:.0f} s")
-    table = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    table += [format_row(r) for r in rows]
-    text = "\n".join(table) + "\n"
+    table = benchlib.markdown_table(COLUMNS, [[r.get(c, "") for c in COLUMNS] for r in rows])
+    text = "\n".join([header, "", *table]) + "\n"
     print("\n" + text)
-    with open(os.path.join(out_dir, "gpu_check.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    with open(os.path.join(out_dir, "gpu_check.json"), "w", encoding="utf-8") as f:
-        json.dump({"environment": environment(p), "plan": p, "rows": rows}, f, indent=2)
+    write_text_atomic(os.path.join(out_dir, "gpu_check.md"), text)
+    write_json_atomic(os.path.join(out_dir, "gpu_check.json"), {"environment": environment, "plan": p, "rows": rows})
+    if args.markdown:
+        config = ", ".join(f"{k} {v}" for k, v in p.items() if k != "tests")
+        benchlib.write_section(args.markdown, args.section, benchlib.section_text(
+            args.section, f"GPU check ({'dry run on the CPU' if args.dry_run else 'CUDA'})",
+            benchlib.command_line(__file__, argv), config, table, device=p["device"], threads=p["threads"]))
     return 0
 
 

@@ -217,3 +217,22 @@ def test_bench_ab_runs_both_sides_interleaved(tmp_path, capsys):
     assert "base HEAD vs HEAD" in out and "| gru | H | 274 | 274 | 1.000 |" in out
     with pytest.raises(SystemExit):
         ab.main(["--base", "HEAD", "--", "no_such_script.py"])
+
+
+def test_memory_is_the_process_own_not_the_parent_carried_across_exec(tmp_path):
+    big = bytearray(300 * 2**20)
+    big[::4096] = b"\1" * len(big[::4096])  # touch every page: the parent's resident set grows by 300 MiB
+    script = tmp_path / "w.py"
+    script.write_text(f"import json, resource, sys\nsys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})\n"
+                      "import benchlib\n"
+                      "print(json.dumps({**benchlib.memory_mib(), 'peak_mib': benchlib.peak_mib(),\n"
+                      "                  'ru_maxrss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+    child = benchlib.run_worker(str(script), {})
+    assert benchlib.memory_mib()["peak"] >= 300
+    assert child["ru_maxrss"] >= 300  # what ru_maxrss reads in a child of a large process (Linux)
+    assert child["peak"] < 100 and abs(child["peak_mib"] - child["peak"]) < 5  # the child's own high-water mark
+    assert 0 < child["anon"] <= child["rss"] <= child["peak"] and child["file"] > 0
+    del big
+    assert benchlib.mib(3 * 2**20) == "3 MiB" and benchlib.mib(1234.4 * 2**20) == "1,234 MiB"
+    spent = benchlib.cpu_seconds(children=True)
+    assert spent > 0 and benchlib.cpu_seconds() > 0
