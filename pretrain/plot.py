@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Optional
 
 from elmo.io import atomic_path
@@ -25,18 +24,27 @@ def _tokens(x: float, _pos=None) -> str:
     return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k" if x >= 1e3 else f"{x:g}"
 
 
-def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] = None,
-                loss_label: str = "training loss") -> bool:
-    """Write the figure; False (and a log message) when matplotlib is missing."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or None (with a warning that names the
+    extra) when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         logger.warning("matplotlib is not installed: no plot (pip install 'elmo-pytorch[plot]')")
+        return None
+    return plt
+
+
+def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] = None,
+                loss_label: str = "training loss") -> bool:
+    """Write the figure; False (and a log message) when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss_mean" in r]
     held = [r for r in records if "heldout_forward_ppl" in r]
@@ -67,12 +75,12 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     return True
 
 
-def save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str, dpi: int = 100) -> None:
     """Write a matplotlib figure as PNG through elmo.io's atomic writer, then close it."""
     import matplotlib.pyplot as plt
 
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)

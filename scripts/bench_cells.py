@@ -46,7 +46,6 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchlib  # noqa: E402
 from elmo.bilm import BiLM  # noqa: E402
 from elmo.config import CELLS  # noqa: E402
-from elmo.io import atomic_path  # noqa: E402
 
 
 def bilm_parameters(bilm_config) -> int:
@@ -152,23 +151,20 @@ def layers_only(args: argparse.Namespace) -> str:
 
 def table(rows: list) -> str:
     lstm = next((r for r in rows if r["cell"] == "lstm"), None)
-    lines = ["| cell | H | biLM params | train tok/s | vs LSTM | held-out ppl fwd / bwd | geo. mean |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        name = r["cell"] + (f" (L={r['transition_depth']})" if r["cell"] == "rhn" else "")
-        speed = f"{r['tokens_per_s'] / lstm['tokens_per_s']:.2f}x" if lstm else "-"
-        lines.append(f"| {name} | {r['dim']} | {r['bilm_parameters']:,} | {r['tokens_per_s']:,.0f} | {speed} "
-                     f"| {r['forward_ppl']:.1f} / {r['backward_ppl']:.1f} | {r['ppl']:.1f} |")
-    return "\n".join(lines)
+    cells = [(r["cell"] + (f" (L={r['transition_depth']})" if r["cell"] == "rhn" else ""), r["dim"],
+              f"{r['bilm_parameters']:,}", f"{r['tokens_per_s']:,.0f}",
+              f"{r['tokens_per_s'] / lstm['tokens_per_s']:.2f}x" if lstm else "-",
+              f"{r['forward_ppl']:.1f} / {r['backward_ppl']:.1f}", f"{r['ppl']:.1f}") for r in rows]
+    return "\n".join(benchlib.markdown_table(
+        ["cell", "H", "biLM params", "train tok/s", "vs LSTM", "held-out ppl fwd / bwd", "geo. mean"], cells,
+        right=range(1, 7)))
 
 
 def plot(rows: list, path: str, title: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): no plot", file=sys.stderr)
+    from pretrain.plot import pyplot, save_figure
+
+    plt = pyplot()
+    if plt is None:
         return
     names = [r["cell"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -184,9 +180,7 @@ def plot(rows: list, path: str, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,13 +91,10 @@ def table(run: dict) -> str:
 
 
 def plot(runs: list, out: str, references: list) -> bool:
-    try:
-        import matplotlib
+    from pretrain.plot import pyplot, save_figure  # Agg backend; atomic PNG write, figure closed
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'elmo-pytorch[plot]')", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
@@ -114,8 +111,6 @@ def plot(runs: list, out: str, references: list) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from pretrain.plot import save_figure  # atomic PNG write, figure closed
-
     save_figure(fig, out)
     return True
 
