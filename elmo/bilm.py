@@ -102,7 +102,12 @@ class BiLM(nn.Module):
         back from the device (the loop needs them on the host): a GPU step then never waits.
         """
         B, T, P = inputs.shape
-        if lengths is None:
+        # In a graph being exported (elmo.onnx_export) no length reaches the host: every row runs
+        # all T steps in its input order (the layers' forward_dense) and its padding is masked.
+        dense = torch.compiler.is_exporting()
+        if dense:
+            order, lengths_sorted, batch_sizes = torch.arange(B, device=inputs.device), mask.long().sum(-1), []
+        elif lengths is None:
             lengths_sorted, order = torch.sort(mask.long().sum(-1), descending=True, stable=True)
             batch_sizes = batch_sizes_from_lengths(lengths_sorted.tolist())
         elif len(set(lengths)) <= 1:  # every row as long (window mode): nothing to reorder or copy
@@ -116,7 +121,7 @@ class BiLM(nn.Module):
             lengths_sorted = torch.tensor([lengths[i] for i in host_order]).to(inputs.device, non_blocking=True)
         unsort = torch.empty_like(order)
         unsort[order] = torch.arange(B, device=order.device)
-        if len(batch_sizes) < T:  # trailing all-padding positions
+        if not dense and len(batch_sizes) < T:  # trailing all-padding positions
             batch_sizes += [0] * (T - len(batch_sizes))
         if state is None:
             state = self.default_state(B)
@@ -131,7 +136,9 @@ class BiLM(nn.Module):
             if dropout > 0 and self.training:
                 x_ins = [nn.functional.dropout(x_in, dropout, training=True) for x_in in x_ins]
             states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in range(2)]
-            if self.kernels.fuses((fwd, bwd)):
+            if dense:
+                results = [layer.forward_dense(x_in, st) for layer, x_in, st in zip((fwd, bwd), x_ins, states)]
+            elif self.kernels.fuses((fwd, bwd)):
                 # The plain original cell: both directions in one fused loop (elmo.kernels).
                 results = self.kernels.run([fwd, bwd], x_ins, batch_sizes, states)
             else:  # every other cell: its own forward, the packed loop of elmo.cells.base

@@ -138,7 +138,7 @@ class TokenBatch(NamedTuple):
         flat = char_ids.reshape(B * T, C)
         real = (flat > 0).any(dim=-1)  # (B*T,)
         index = torch.full((B * T,), -1, dtype=torch.long, device=char_ids.device)
-        if not bool(real.any()):
+        if not torch.compiler.is_exporting() and not bool(real.any()):  # (a graph has no values)
             return cls(flat[:0].long(), index.view(B, T))
         rows = real.nonzero().squeeze(1)
         unique, inverse = torch.unique(flat[rows], dim=0, return_inverse=True)  # (U, C), (N,)

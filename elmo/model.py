@@ -17,8 +17,8 @@ One name per part of the model:
 * ``elmo.bilm.BiLM``: the forward and backward recurrent stacks only (token vectors -> layers).
 * ``ElmoBiLM``: the pretrained model, character CNN + ``BiLM``; what weight files hold and the
   one entrance every consumer calls (the featurizer, the layer cache, the task heads, the
-  pretraining LM). The sentence boundaries are added and removed here and nowhere else (but in
-  ``elmo.onnx_export``'s graph, which computes the same for onnxruntime).
+  pretraining LM). The sentence boundaries are added and removed here and nowhere else (the ONNX
+  graph of ``elmo.onnx_export`` is this forward too, captured by ``torch.export``).
 * ``Elmo``: ``ElmoBiLM`` plus learned scalar mixes and dropout, for task models.
 * ``pretrain.lm.BidirectionalLM``: ``ElmoBiLM`` plus the softmax, for pretraining.
 

@@ -15,7 +15,7 @@ fi
 # run in CI (about 20 s more from the local wheel cache; spaCy is the largest). The last check
 # also needs the spacy_factories entry point, which only an install of this checkout registers.
 if ! .venv/bin/python -c "import elmo, pretrain, tasks, pytest, matplotlib, datasets, tqdm, \
-    huggingface_hub, safetensors, spacy, onnx, onnxruntime, importlib.metadata as m; \
+    huggingface_hub, safetensors, spacy, onnx, onnxruntime, onnxscript, importlib.metadata as m; \
     assert 'elmo' in {e.name for e in m.entry_points(group='spacy_factories')}" 2>/dev/null; then
   echo "[setup] installing the package (editable) with its dev extras and all integrations" >&2
   "${PIP[@]}" install -e ".[dev,all]" 2>&1 | grep -v "^WARNING: Location" || true

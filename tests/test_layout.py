@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Optional extras (pyproject.toml): elmo/ imports them only inside functions, so that
 # `import elmo` works without them and the ImportError names the extra. The one module-level
 # exception is the spaCy component, a module spaCy itself imports through its entry point.
-EXTRAS = {"safetensors", "huggingface_hub", "onnx", "onnxruntime", "datasets", "spacy"}
+EXTRAS = {"safetensors", "huggingface_hub", "onnx", "onnxruntime", "onnxscript", "datasets", "spacy"}
 MODULE_LEVEL_EXTRAS = {"spacy": {os.path.join("elmo", "spacy_component.py")}}
 
 

@@ -11,6 +11,8 @@ stack any of them):
 
 Rows are sorted by length, longest first; at step t only the ``batch_sizes[t]`` rows still running
 are touched, so padding never changes a row's state and outputs are zero past each row's end.
+A ``SteppedLayer`` also runs unpacked, ``forward_dense(inputs, state)``: the same step for every
+row at every step, in a loop ``torch.export`` keeps (the ONNX graph of ``elmo.onnx_export``).
 
 A ``SteppedLayer`` only has to say how one step updates the state (``step``), what the whole
 sequence contributes before the loop (``precompute``: one large matmul over all steps) and how the
@@ -33,6 +35,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch._higher_order_ops import while_loop  # the loop torch.export keeps as a loop
 
 from elmo.cells.regularizers import KINDS, DropoutMasks, sample_masks
 
@@ -125,9 +128,10 @@ class RecurrentLayer(nn.Module):
         for n, s in zip(self.state_names, state):
             getattr(self, f"initial_{n}").copy_(s.reshape(-1))
 
-    def _start(self, inputs: torch.Tensor, batch_sizes: Sequence[int], state: Optional[tuple]) -> tuple:
+    def _start(self, inputs: torch.Tensor, batch_sizes: Optional[Sequence[int]], state: Optional[tuple]
+               ) -> tuple:
         T, B = inputs.shape[:2]
-        if len(batch_sizes) != T:
+        if batch_sizes is not None and len(batch_sizes) != T:  # (None: every row runs all T steps)
             raise ValueError(f"{type(self).__name__}: batch_sizes has {len(batch_sizes)} entries for "
                              f"{T} time steps")
         if inputs.shape[-1] != self.input_dim:
@@ -254,3 +258,37 @@ class SteppedLayer(RecurrentLayer):
         if masks.output is not None:
             out = out * masks.output
         return out, final
+
+    def forward_dense(self, inputs: torch.Tensor, state: Optional[tuple] = None) -> tuple[torch.Tensor, tuple]:
+        """Every row for all T steps, in evaluation: ``forward``'s precompute, step and readout
+        with the time loop written as a ``while_loop``, which ``torch.export`` captures as one
+        loop over a dynamic number of steps (an ONNX ``Loop``); run eagerly it is a Python loop.
+
+        inputs (T, B, in) time-major, any row order. A row's step t reads only its steps before
+        t, so at each row's own steps the outputs are ``forward``'s for that row's length; past
+        its end they are not zero (the caller masks them), and the final state is the one after
+        step T (a row's own final state only for a row of T steps).
+        """
+        if self.training and self.recurrent_dropout_kind is not None:
+            raise ValueError(f"{type(self).__name__}.forward_dense runs in evaluation only "
+                             "(its recurrent dropout masks are drawn by forward); call eval()")
+        T, B, _ = inputs.shape
+        state = tuple(s.contiguous() for s in self._start(inputs, None, state))
+        xp = self.precompute(inputs.to(self.state_dtype))  # (T, B, G)
+        no_masks = DropoutMasks()
+
+        def running(t, seq, *state):
+            return t < xp.shape[0]
+
+        def advance(t, seq, *state):
+            at = t.view(1)
+            new = self.step(xp.index_select(0, at).squeeze(0), state, None, None)
+            if self.recurrent_dropout_kind == "zoneout":
+                new = tuple(self.zoneout(k, s_new, s_old, no_masks, t, B)
+                            for k, (s_new, s_old) in enumerate(zip(new, state)))
+            return (t + 1, seq.index_copy(0, at, new[0].unsqueeze(0)), *new)
+
+        start = torch.zeros((), dtype=torch.long, device=inputs.device)
+        seq = xp.new_zeros((T, B, self.state_sizes[0]))
+        _, seq, *state = while_loop(running, advance, (start, seq, *state))
+        return self.readout(seq), tuple(state)

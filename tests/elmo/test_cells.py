@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from elmo.cells import make_layer
+from elmo.cells.base import SteppedLayer
+from elmo.cells.regularizers import DropoutMasks
 from elmo.cells.scan import linear_scan
 from elmo.config import CELLS, BiLMConfig
 from elmo.lstm import FORGET_BIAS, LstmProjection, batch_sizes_from_lengths
@@ -306,6 +308,43 @@ def test_linear_scan():
     assert torch.autograd.gradcheck(linear_scan, (f, u, c0))
     with pytest.raises(ValueError, match="at least one time step"):
         linear_scan(f[:0], u[:0], c0)
+
+
+STEPPED = [cell for cell in CELLS if isinstance(make(cell), SteppedLayer)]
+
+
+@pytest.mark.parametrize("cell,kind", [(cell, None) for cell in STEPPED] + [("lstm", "zoneout"), ("gru", "zoneout")])
+def test_dense_loop_equals_the_reference_at_each_rows_steps(cell, kind):
+    """forward_dense (every row for all T steps, rows in any order; the loop torch.export keeps)
+    computes, at each row's own steps, what the reference computes for that row's length; the final
+    state is the reference's for the rows of T steps."""
+    layer = make(cell, kind=kind, rate=0.3 if kind else 0.0).eval()
+    lengths = [2, 5, 0, 4, 5]  # unsorted, with an empty row
+    x, state = inputs_and_state(layer, lengths)
+    out, final = layer.forward_dense(x, state)
+    ref_out, ref_final = reference(layer, cell, x, lengths, state, DropoutMasks())
+    assert out.shape == (5, 5, layer.projection_dim) and out.dtype == torch.float64
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(out[:n, b], ref_out[:n, b], rtol=0, atol=1e-10)
+    for f, r in zip(final, ref_final):
+        torch.testing.assert_close(f[[1, 4]], r[[1, 4]], rtol=0, atol=1e-10)
+    assert (out[2:, 0] != 0).any()  # past a row's end the loop ran on: the caller masks it
+
+
+def test_dense_loop_equals_the_packed_loop_bit_for_bit_when_rows_are_as_long():
+    """float32, every row of T steps: the dense loop and the packed loop are the same operations."""
+    layer = make("lstm").float().eval()
+    x = torch.randn(6, 3, IN)
+    packed, (h, c) = SteppedLayer.forward(layer, x, [3] * 6)
+    dense, (h2, c2) = layer.forward_dense(x)
+    assert torch.equal(packed, dense) and torch.equal(h, h2) and torch.equal(c, c2)
+    assert dense.abs().min() > 0
+
+
+def test_dense_loop_refuses_training_with_a_recurrent_regularizer():
+    layer = make("lstm", kind="variational", rate=0.3).train()
+    with pytest.raises(ValueError, match="evaluation only.*call eval"):
+        layer.forward_dense(torch.randn(3, 2, IN, dtype=torch.float64))
 
 
 GRAD_CASES = [(cell, None) for cell in CELLS] + [

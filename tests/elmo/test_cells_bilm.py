@@ -13,6 +13,7 @@ import torch
 from conftest import make_tiny_config
 from elmo import ElmoBiLM, ElmoConfig, batch_to_ids, load_original, save_original
 from elmo.bilm import map_state
+from elmo.cells.base import SteppedLayer
 from elmo.config import CELLS, BiLMConfig
 from elmo.lstm import LstmProjection
 
@@ -208,6 +209,32 @@ def test_input_skip_connections():
         other = plain(ids, keep_boundaries=True)
     torch.testing.assert_close(other.layers[1], out.layers[1], rtol=0, atol=0)  # same first layer
     assert not torch.allclose(other.layers[2], out.layers[2])
+
+
+DENSE_CASES = [("lstm", {}), ("lstm", {"use_skip_connections": False, "cell_clip": None}),
+               ("lstm", {"input_skip_connections": True}), ("lstm", {"transition_depth": 2}),
+               ("gru", {}), ("rhn", {}), ("peephole", {})]
+
+
+@pytest.mark.parametrize("cell,bilm", DENSE_CASES)
+def test_the_dense_mode_of_an_export_equals_the_packed_model(cell, bilm, monkeypatch):
+    """What ElmoBiLM computes while torch.export traces it (no host reads: every row for all T
+    steps in input order, padding masked) equals the eager packed path at every real position."""
+    model = perturb(build(cell, **bilm))
+    ids = batch_to_ids(SENTENCES)
+    with torch.no_grad():
+        packed = model(ids)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        calls, run = [], SteppedLayer.forward_dense
+        monkeypatch.setattr(SteppedLayer, "forward_dense", lambda *a: calls.append(1) or run(*a))
+        dense = model(ids)
+    assert len(calls) == 2 * model.config.bilm.n_layers  # every layer ran the dense loop
+    assert torch.equal(dense.mask, packed.mask)
+    for a, b in zip(dense.layers, packed.layers):
+        assert a.shape == b.shape == (4, 7, model.output_dim)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert not a[~dense.mask].any()  # zeros at padding
+    assert (dense.layers[-1][3, 0] != 0).all()
 
 
 @pytest.mark.parametrize("cell", ["sru", "peephole"])
