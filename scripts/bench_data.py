@@ -120,7 +120,7 @@ def timed_prepare(text: str, out: str, tokenizer: str, workers: int) -> tuple[fl
     CPU seconds it and its workers used."""
     shutil.rmtree(out, ignore_errors=True)
     t0, c0 = time.perf_counter(), benchlib.cpu_seconds(children=True)
-    subprocess.run([sys.executable, "-m", "pretrain.prepared", text, "--out", out, "--tokenizer",
+    subprocess.run([sys.executable, "-m", "pretrain.prepare", text, "--out", out, "--tokenizer",
                     tokenizer, "--workers", str(workers), "--no-progress", "--log-level", "WARNING"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0, benchlib.cpu_seconds(children=True) - c0
@@ -206,12 +206,12 @@ def raw_batch_rate(text: str, n_batches: int) -> tuple[float, float]:
 
 
 def prepared_batch_rate(corpus_dir: str, n_batches: int) -> tuple[float, float]:
-    from pretrain.prepared import PreparedCorpus, vocabulary_from_counts
+    from pretrain.prepared import ALPHA, PreparedCorpus, vocabulary_from_counts
 
     pc = PreparedCorpus(corpus_dir)
     train, _, counts = pc.split(0.02)
     table = pc.word_table()
-    table.set_vocab(vocabulary_from_counts(table, counts, pc._load("alpha_rank.npy"), 20000))
+    table.set_vocab(vocabulary_from_counts(table, counts, pc._load(ALPHA), 20000))
     return batch_rate(train, table, n_batches)
 
 

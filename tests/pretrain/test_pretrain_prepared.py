@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import pretrain.prepared as P
+import pretrain.prepare as P
 from pretrain.batches import SentenceBatcher, WindowBatcher
 from pretrain.corpus import load_corpus
-from pretrain.prepared import (PreparedCorpus, StalePreparationError, main, prepare,
-                               vocabulary_from_counts)
+from pretrain.prepare import main, prepare
+from pretrain.prepared import PreparedCorpus, StalePreparationError, vocabulary_from_counts
 from pretrain.run import run
 from pretrain.vocab import Vocabulary, WordTable
 from pretrain_util import single_thread, tiny_pretrain_config, toy_sentences, write_lines  # noqa: F401

@@ -194,7 +194,8 @@ def test_a_lone_carriage_return_does_not_split_a_line(tmp_path):
     import numpy as np
 
     from pretrain.corpus import StreamingCorpus, load_corpus
-    from pretrain.prepared import PreparedCorpus, prepare
+    from pretrain.prepare import prepare
+    from pretrain.prepared import PreparedCorpus
     from pretrain.vocab import WordTable
 
     lines = toy_sentences(40, seed=5)
