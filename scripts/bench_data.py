@@ -42,6 +42,7 @@ import benchlib  # noqa: E402
 from benchlib import ROOT, mib  # noqa: E402
 
 sys.path.insert(0, ROOT)
+from elmo.io import atomic_open, write_json_atomic  # noqa: E402
 
 # The data path is what is measured, not the model: a biLM small enough that 200 steps of 128 x 20
 # take seconds on a shared CPU (--model tiny for the tiny preset's 1.5M-parameter biLM).
@@ -93,19 +94,16 @@ def make_corpus(path: str, n_tokens: int, data_dir: str, seed: int = 0) -> dict:
     encoded = [(line + "\n").encode("utf-8") for line in lines]
     rng = np.random.default_rng(seed)
     written = n_lines = 0
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         while written < n_tokens:
             pick = rng.integers(0, len(lines), 100_000)
             take = pick[: int(np.searchsorted(np.cumsum(lengths[pick]), n_tokens - written) + 1)]
             f.write(b"".join(encoded[i] for i in take))
             written += int(lengths[take].sum())
             n_lines += len(take)
-    os.replace(tmp, path)
     meta = {"target": n_tokens, "tokens": written, "lines": n_lines, "size": os.path.getsize(path),
             "pool_lines": len(lines)}
-    with open(meta_path, "w") as f:
-        json.dump(meta, f)
+    write_json_atomic(meta_path, meta)
     return meta
 
 
@@ -350,8 +348,7 @@ def main(argv=None) -> None:
         shutil.rmtree(env["HF_DATASETS_CACHE"], ignore_errors=True)
         r["load_average"] = os.getloadavg()
         saved[str(n)] = r
-        with open(results_path, "w") as f:
-            json.dump(saved, f, indent=1)
+        write_json_atomic(results_path, saved, indent=1)
     lines = report([saved[str(n)] for n in sorted(set(sizes + [int(k) for k in saved])) if str(n) in saved
                     and (n in sizes or args.report_all)], args)
     print("\n## table\n\n" + "\n".join(lines))
