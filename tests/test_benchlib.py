@@ -165,7 +165,8 @@ def test_bench_embed_and_pretrain_write_their_sections(tmp_path, capsys):
     assert text.index("bench:embed-cpu") < text.index("bench:pretrain-cpu")  # appended in run order
 
 
-@pytest.mark.parametrize("script", ["bench_embed", "bench_pretrain", "bench_tasks", "bench_cells"])
+@pytest.mark.parametrize("script", ["bench_embed", "bench_pretrain", "bench_tasks", "bench_cells", "bench_data",
+                                    "bench_datasets", "gpu_check"])
 def test_an_unusable_markdown_file_is_refused_before_measuring(script, tmp_path, capsys):
     bench = _load(script)
     for argv, message in ([["--markdown", str(tmp_path / "no" / "b.md")], "does not exist"],
@@ -236,3 +237,26 @@ def test_memory_is_the_process_own_not_the_parent_carried_across_exec(tmp_path):
     assert benchlib.mib(3 * 2**20) == "3 MiB" and benchlib.mib(1234.4 * 2**20) == "1,234 MiB"
     spent = benchlib.cpu_seconds(children=True)
     assert spent > 0 and benchlib.cpu_seconds() > 0
+
+
+def test_bench_data_report_table_and_extrapolation():
+    import argparse
+
+    bench = _load("bench_data")
+    common = {"runs": {}, "readers": [{"peak_mib": 100.0}, {"peak_mib": 110.0}]}
+    small = {"tokens": 10e6, "prepared_bytes": 100 * 2**20, "text_bytes": 50 * 2**20, "prep_whitespace_2": 10.0,
+             "prep_whitespace_2_cpu": 20.0, "batch_prepared": (2e6, 1e6, 1.5e6), **common}
+    large = {"tokens": 100e6, "prepared_bytes": 1000 * 2**20, "text_bytes": 500 * 2**20, "prep_whitespace_2": 100.0,
+             "prep_whitespace_2_cpu": 200.0, "batch_prepared": (3e6, 1e6, 1e6), **common}
+    lines = bench.report([small, large], argparse.Namespace(steps=200))
+    assert lines[:2] == ["|  | 10M tokens | 100M tokens |", "|---|---:|---:|"]
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+    assert rows["prepare, whitespace, 2 workers"] == "| prepare, whitespace, 2 workers | 1.00M tokens/s | 1.00M tokens/s |"
+    assert rows["prepare, whitespace, 1 worker"].endswith("| - | - |")  # not measured: a dash, not an error
+    assert rows["prepared corpus on disk"] == "| prepared corpus on disk | 100 MiB | 1,000 MiB |"
+    assert rows["2 processes reading their halves of an epoch: peak RSS each"].endswith("| 100 MiB / 110 MiB |")
+    text = "\n".join(lines)
+    # at 1B tokens, on the line through (10M, 100 MiB) and (100M, 1,000 MiB): 10,000 MiB; CPU 2,000 s, wall 1,000 s
+    assert "prepared corpus on disk: 9.8 GiB (text: 4.9 GiB); preparation with 2 workers: 33.3 CPU minutes, " \
+           "16.7 min wall" in text
+    assert "one core produces prepared window batches at 2.00M tokens/s, 8.0x that." in text
