@@ -130,10 +130,12 @@ class CharCNN(nn.Module):
         positions, where ``used`` counts the longest token's non-padding ids.
         """
         C = char_ids.shape[-1]
-        if not sync.may_sync(char_ids):  # reading ``used`` would synchronise with the device
+        # On a GPU reading ``used`` would synchronise with the device; in a graph being exported
+        # (elmo.onnx_export) it is a value of the graph, and the slice a dynamic one.
+        if not (sync.may_sync(char_ids) or torch.compiler.is_exporting()):
             return char_ids
-        used = int((char_ids != PADDING_ID).sum(-1).max())
-        keep = min(C, used + max(width for width, _ in self.config.filters))
+        used = (char_ids != PADDING_ID).sum(-1).max().item()
+        keep = torch.sym_min(C, used + max(width for width, _ in self.config.filters))
         return char_ids[:, :keep]
 
 
