@@ -11,7 +11,9 @@ The backward stack runs on each row reversed within its own length, so it is the
 left-to-right loop as the forward stack, and rows never see their padding. A layer pair of the
 plain original cell runs both directions in one fused loop (``elmo.kernels``, its GEMM library
 chosen once per ``BiLM``); every other cell runs its own ``forward`` (the packed loop of
-``elmo.cells.base``). State is per row and per (layer, direction):
+``elmo.cells.base``). ``directions="forward"`` (or ``"backward"``) runs one stack alone, for a
+forward language model (Kim et al. 2016): half the work, the other stack untouched. State is per
+row and per (layer, direction):
 ``BiLMState = [(fwd_state, bwd_state) for each layer]`` where a layer's state is a tuple of
 (B, size) tensors; for the LSTM it is (h (B, P), c (B, H)).
 """
@@ -29,6 +31,7 @@ from elmo.kernels import LstmKernels
 from elmo.lstm import batch_sizes_from_lengths
 
 BiLMState = list  # list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]: (fwd, bwd) per layer
+DIRECTIONS = {"both": (0, 1), "forward": (0,), "backward": (1,)}  # the stacks each choice runs
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 0) -> torch.Tensor:
@@ -92,15 +95,25 @@ class BiLM(nn.Module):
                 layer.set_initial_state(tuple(x[row] for x in st))
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, state: Optional[BiLMState] = None,
-                dropout: float = 0.0, lengths: Optional[Sequence[int]] = None
+                dropout: float = 0.0, lengths: Optional[Sequence[int]] = None,
+                directions: str = "both", input_dropout: bool = True
                 ) -> tuple[list[torch.Tensor], BiLMState]:
         """inputs (B, T, P), mask (B, T) with each row's real positions first.
 
         Returns ``n_layers`` tensors (B, T, 2P) (zero at padding; float32) and the final state of
-        every row, in the rows' input order. ``dropout`` applies to each layer's input in training.
-        ``lengths``, the B ints of ``mask.sum(-1)`` when the caller knows them, saves reading them
-        back from the device (the loop needs them on the host): a GPU step then never waits.
+        every row, in the rows' input order. ``dropout`` applies to each layer's input in training;
+        ``input_dropout=False`` leaves the first layer's input (the token vectors) undropped (Kim
+        et al. 2016: dropout between the layers only). ``lengths``, the B ints of ``mask.sum(-1)``
+        when the caller knows them, saves reading them back from the device (the loop needs them
+        on the host): a GPU step then never waits.
+
+        ``directions`` "forward" or "backward" runs that stack alone: the layers are (B, T, P),
+        that direction's half of the "both" layers, and the other stack's state is returned as it
+        was given (its initial state when ``state`` is None); the other stack does no work.
         """
+        runs = DIRECTIONS.get(directions)
+        if runs is None:
+            raise ValueError(f"directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
         B, T, P = inputs.shape
         # In a graph being exported (elmo.onnx_export) no length reaches the host: every row runs
         # all T steps in its input order (the layers' forward_dense) and its padding is masked.
@@ -127,36 +140,39 @@ class BiLM(nn.Module):
             state = self.default_state(B)
 
         x = inputs.index_select(0, order).transpose(0, 1)  # (T, B, P), time-major, sorted
-        x_fwd, x_bwd = x, reverse_padded(x, lengths_sorted)
-        tokens_fwd, tokens_bwd = x_fwd, x_bwd
+        # Per running direction (forward: 0, backward: 1): its input, each row in reading order.
+        xs = [x if d == 0 else reverse_padded(x, lengths_sorted) for d in runs]
+        tokens = xs
+        stacks = (self.forward_layers, self.backward_layers)
         layers, final = [], []
         for k in range(self.config.n_layers):
-            fwd, bwd = self.forward_layers[k], self.backward_layers[k]
-            x_ins = [x_fwd, x_bwd]
-            if dropout > 0 and self.training:
+            group = [stacks[d][k] for d in runs]
+            x_ins = xs
+            if dropout > 0 and self.training and (k > 0 or input_dropout):
                 x_ins = [nn.functional.dropout(x_in, dropout, training=True) for x_in in x_ins]
-            states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in range(2)]
+            states = [tuple(x.index_select(0, order) for x in state[k][d]) for d in runs]
             if dense:
-                results = [layer.forward_dense(x_in, st) for layer, x_in, st in zip((fwd, bwd), x_ins, states)]
-            elif self.kernels.fuses((fwd, bwd)):
-                # The plain original cell: both directions in one fused loop (elmo.kernels).
-                results = self.kernels.run([fwd, bwd], x_ins, batch_sizes, states)
+                results = [layer.forward_dense(x_in, st) for layer, x_in, st in zip(group, x_ins, states)]
+            elif self.kernels.fuses(group):
+                # The plain original cell: the directions in one fused loop (elmo.kernels).
+                results = self.kernels.run(group, x_ins, batch_sizes, states)
             else:  # every other cell: its own forward, the packed loop of elmo.cells.base
                 results = [layer(x_in, batch_sizes, st)
-                           for layer, x_in, st in zip((fwd, bwd), x_ins, states)]  # (T, B, P)
-            outs, finals = [], []
-            for x_in, (out, last) in zip(x_ins, results):
+                           for layer, x_in, st in zip(group, x_ins, states)]  # (T, B, P)
+            outs, pair = [], list(state[k])  # a stack that does not run keeps its state
+            for d, x_in, (out, last) in zip(runs, x_ins, results):
                 if self.config.use_skip_connections and k > 0:
                     out = out + x_in  # residual (on the dropped-out input, as the original)
                 outs.append(out)
-                finals.append(tuple(x.index_select(0, unsort) for x in last))
-            x_fwd, x_bwd = outs
-            both = torch.cat([x_fwd, reverse_padded(x_bwd, lengths_sorted)], dim=-1)  # (T, B, 2P)
+                pair[d] = tuple(x.index_select(0, unsort) for x in last)
+            xs = outs
+            halves = [out if d == 0 else reverse_padded(out, lengths_sorted) for d, out in zip(runs, outs)]
+            both = torch.cat(halves, dim=-1) if len(halves) > 1 else halves[0]  # (T, B, 2P) or (T, B, P)
             layer_out = both.transpose(0, 1).index_select(0, unsort)  # (B, T, 2P)
             layers.append(layer_out * mask.unsqueeze(-1).to(layer_out.dtype))
-            final.append(tuple(finals))
+            final.append(tuple(pair))
             if self.config.input_skip_connections:  # the token layer also feeds every layer above
-                x_fwd, x_bwd = x_fwd + tokens_fwd, x_bwd + tokens_bwd
+                xs = [x + t for x, t in zip(xs, tokens)]
         return layers, final
 
 

@@ -49,7 +49,8 @@ class ElmoOutput(NamedTuple):
     """What ``ElmoBiLM`` (and ``Elmo``) return.
 
     ``layers``: L+1 tensors (B, T, 2P), float32: [char; char], then each biLM layer [fwd; bwd]
-    (T+2 positions with ``keep_boundaries`` or for inputs that hold their own boundaries);
+    (T+2 positions with ``keep_boundaries`` or for inputs that hold their own boundaries; (B, T, P),
+    one direction's half, when one direction was asked for);
     ``mask`` (B, T) bool; ``state``: the final biLM state of every row (see ``elmo.bilm``);
     ``representations``: the scalar mixes (B, T, 2P) of ``Elmo``, empty from ``ElmoBiLM``.
     """
@@ -123,7 +124,8 @@ class ElmoBiLM(nn.Module):
     def forward(self, inputs: TokenBatch | torch.Tensor, state: Optional[BiLMState] = None, *,
                 add_boundaries: bool = True, keep_boundaries: bool = False, dropout: float = 0.0,
                 token_vectors: Optional[torch.Tensor] = None,
-                lengths: Optional[Sequence[int]] = None) -> ElmoOutput:
+                lengths: Optional[Sequence[int]] = None, directions: str = "both",
+                input_dropout: bool = True) -> ElmoOutput:
         """A ``TokenBatch`` (``batch_to_tokens``) or char ids (B, T, C) (``batch_to_ids``) ->
         ``ElmoOutput`` with L+1 layers (B, T, 2P) and the mask (B, T).
 
@@ -131,7 +133,10 @@ class ElmoBiLM(nn.Module):
         ``keep_boundaries`` (then T+2 positions, mask (B, T+2)). ``add_boundaries=False`` takes
         inputs that hold their own sentence tokens (pretraining windows) and returns every position
         as given. ``state`` overrides the initial state (rows in batch order). ``dropout`` is
-        applied to each biLM layer's input in training mode. ``token_vectors`` (U, P), the
+        applied to each biLM layer's input in training mode (not to the first layer's with
+        ``input_dropout=False``). ``directions`` "forward" or "backward" runs that stack of the
+        biLM alone (``elmo.bilm.BiLM.forward``): every layer is then (B, T, P), the character layer
+        included, and the other stack's state passes through unchanged. ``token_vectors`` (U, P), the
         character encoder's output for the rows of ``inputs.token_chars`` when already known (the
         featurizer's vocabulary cache), skips the character CNN for those tokens. ``lengths``, the B
         rows' token counts when the caller knows them, spares the biLM reading them back from a GPU
@@ -157,10 +162,12 @@ class ElmoBiLM(nn.Module):
             state = self._carried_state(x.shape[0])
         if lengths is not None and add_boundaries:
             lengths = [n + 2 for n in lengths]  # <S> and </S>
-        bilm_layers, final = self.bilm(x, mask, state, dropout=dropout, lengths=lengths)
+        bilm_layers, final = self.bilm(x, mask, state, dropout=dropout, lengths=lengths,
+                                       directions=directions, input_dropout=input_dropout)
         if self.stateful:
             self._store_state(final)
-        layers = [torch.cat([x, x], dim=-1).float()] + bilm_layers
+        char_layer = torch.cat([x, x], dim=-1) if directions == "both" else x
+        layers = [char_layer.float()] + bilm_layers
         if add_boundaries and not keep_boundaries:
             stripped = [remove_sentence_boundaries(layer, mask) for layer in layers]
             layers, mask = [layer for layer, _ in stripped], stripped[0][1]

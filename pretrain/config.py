@@ -107,7 +107,7 @@ class OptimConfig:
     # LSTM without projection, as Kim et al.'s; only the "lstm" cell.
     identity_projection: bool = False
     # Dropout also on the first LSTM layer's input (the token vectors), as ELMo; false: between
-    # the layers and before the softmax only, as Kim et al. (train.directions "forward" only).
+    # the layers and before the softmax only, as Kim et al.
     input_dropout: bool = True
 
     def __post_init__(self) -> None:
@@ -180,9 +180,6 @@ class PretrainConfig(JsonConfig):
                 raise ValueError("optim.identity_projection needs model.bilm.cell 'lstm', dim == "
                                  f"projection_dim and proj_clip null; got cell {b.cell!r}, dim {b.dim}, "
                                  f"projection_dim {b.projection_dim}, proj_clip {b.proj_clip}")
-        if not self.optim.input_dropout and self.train.directions != "forward":
-            raise ValueError("optim.input_dropout false is implemented for train.directions "
-                             "'forward' (the forward LM of pretrain.directional) only")
         if self.optim.schedule == "plateau" and not self.train.eval_per_epoch:
             raise ValueError("optim.schedule 'plateau' is driven by the evaluation at the end of each "
                              "epoch: set train.eval_per_epoch=true (and give held-out text)")

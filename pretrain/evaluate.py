@@ -35,13 +35,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from elmo.bilm import reverse_padded
 from pretrain.batches import Batch, eval_batches
 from pretrain.config import PretrainConfig, SoftmaxConfig
-from pretrain.directional import BACKWARD, FORWARD, run_direction, token_vectors
 from pretrain.lm import BidirectionalLM, evaluate
 from pretrain.vocab import NO_TARGET, UNK_ID, UNK_TOKEN, Vocabulary, WordTable
 
 logger = logging.getLogger(__name__)
+FORWARD, BACKWARD = 0, 1  # the two LMs, in the order of their results
 
 
 def _perplexity(loss: float) -> float:
@@ -104,6 +105,20 @@ class StreamEvaluator:
             tokens = torch.from_numpy(np.where(x > 0, inverse, -1).astype(np.int64))
             yield Batch(tokens, chars, torch.from_numpy(t.copy()), torch.full_like(tokens, NO_TARGET))
 
+    @staticmethod
+    def _top_layer(lm: BidirectionalLM, batch: Batch, state, direction: int):
+        """Direction ``direction``'s top layer (B, T, P) over one piece, each row in that
+        direction's reading order (as ``windows`` gives it), and the state after it. The model
+        reads text order and runs its backward stack right to left, so a backward piece goes in
+        flipped within each row's length and its top layer comes out flipped back (a reordering:
+        the numbers are the backward stack's own)."""
+        if direction == FORWARD:
+            return lm.top_layer(batch, state, directions="forward")
+        lengths = batch.mask.sum(-1)
+        text_order = batch._replace(tokens=reverse_padded(batch.tokens, lengths, time_dim=1))
+        top, state = lm.top_layer(text_order, state, directions="backward")
+        return reverse_padded(top, lengths, time_dim=1), state
+
     @torch.no_grad()
     def __call__(self, lm: BidirectionalLM) -> dict:
         was_training = lm.training
@@ -122,8 +137,7 @@ class StreamEvaluator:
                 state, total, n = None, 0.0, 0
                 for batch in self.windows(d):
                     batch = batch.to(device)
-                    top, state = run_direction(lm.bilm, d, token_vectors(lm.bilm, batch), batch.mask,
-                                               state)
+                    top, state = self._top_layer(lm, batch, state, d)
                     sel = batch.forward_targets >= 0
                     total += float(lm.softmax(top[sel], batch.forward_targets[sel]).double().sum())
                     n += int(sel.sum())
@@ -215,7 +229,7 @@ def evaluate_text(lm: BidirectionalLM, vocab: Vocabulary, files: Sequence[str], 
         result = StreamEvaluator(corpus, table, batch_size, window, directions, progress)(lm)
     elif mode == "sentence":
         stream = StreamEvaluator(corpus, table, 1, 1)  # only for the word counts
-        result = evaluate(lm, eval_batches(corpus, table, batch_size, 10_000))
+        result = evaluate(lm, eval_batches(corpus, table, batch_size, 10_000), directions=directions)
         result.update(words=stream.num_words, oov_words=stream.oov_words)
         if directions == "forward":
             result.update(backward_loss=float("nan"), backward_ppl=float("nan"))

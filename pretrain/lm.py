@@ -4,7 +4,9 @@ The top biLM layer (B, T, 2P) is [forward; backward]: the forward half at positi
 token t+1, the backward half token t-1 (Peters et al. 2018, sec. 3.1). The training loss is the
 mean of the forward and the backward mean token losses; the module returns sums and counts per
 direction so that the trainer can normalise by the counts of all processes together (which makes
-several processes equal to one process with the combined batch).
+several processes equal to one process with the combined batch). ``directions="forward"`` (or
+"backward") computes one LM alone, through the same entrance with one stack run: the forward LM
+of Kim et al. 2016 and Zaremba et al. 2014 (``train.directions``), at half the recurrent work.
 
 A batch holds each distinct token's characters once (``Batch.token_chars``, by word type): it is
 given to ``ElmoBiLM`` as a ``TokenBatch`` whose windows already hold their <S>/</S> tokens
@@ -21,7 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from elmo.bilm import BiLMState
+from elmo.bilm import DIRECTIONS, BiLMState
 from elmo.config import ElmoConfig
 from elmo.model import ElmoBiLM
 from pretrain.batches import Batch
@@ -49,40 +51,57 @@ class BidirectionalLM(nn.Module):
         self.dedup = dedup
 
     def top_layer(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
-                  full_rows: bool = False) -> tuple[torch.Tensor, BiLMState]:
-        """The top biLM layer (B, T, 2P) (float32) and the final state. ``full_rows``: every row
-        has all T positions (window mode), so the biLM needs no lengths from the device."""
+                  full_rows: bool = False, directions: str = "both", input_dropout: bool = True
+                  ) -> tuple[torch.Tensor, BiLMState]:
+        """The top biLM layer (B, T, 2P) (float32; (B, T, P) for one direction) and the final
+        state. ``full_rows``: every row has all T positions (window mode), so the biLM needs no
+        lengths from the device. ``directions`` and ``input_dropout``: as ``ElmoBiLM.forward``."""
         inputs = batch.token_batch() if self.dedup else batch.char_ids()
         lengths = [batch.tokens.shape[1]] * batch.tokens.shape[0] if full_rows else None
-        out = self.bilm(inputs, state, add_boundaries=False, dropout=dropout, lengths=lengths)
+        out = self.bilm(inputs, state, add_boundaries=False, dropout=dropout, lengths=lengths,
+                        directions=directions, input_dropout=input_dropout)
         return out.layers[-1], out.state
 
     def forward(self, batch: Batch, state: Optional[BiLMState] = None, dropout: float = 0.0,
-                generator: Optional[torch.Generator] = None, full_rows: bool = False) -> LMOutput:
-        top, final = self.top_layer(batch, state, dropout, full_rows)
+                generator: Optional[torch.Generator] = None, full_rows: bool = False,
+                directions: str = "both", input_dropout: bool = True) -> LMOutput:
+        """The loss sums and counts of ``directions`` ("both", or "forward" / "backward" alone: the
+        other stack does no work, its losses and counts are zero and its state passes through)."""
+        top, final = self.top_layer(batch, state, dropout, full_rows, directions, input_dropout)
         if dropout > 0 and self.training:  # the original also drops the LSTM output before the softmax
             top = nn.functional.dropout(top, dropout, training=True)
-        P = top.shape[-1] // 2
-        fsel, bsel = batch.forward_targets >= 0, batch.backward_targets >= 0  # (B, T)
+        runs = DIRECTIONS[directions]  # (0, 1), (0,) or (1,): forward 0, backward 1
+        P = top.shape[-1] // len(runs)
+        halves = top.split(P, dim=-1)  # (B, T, P) per direction run
+        targets = [batch.forward_targets if d == 0 else batch.backward_targets for d in runs]
+        sels = [t >= 0 for t in targets]  # (B, T) each
         if self.softmax.kind == "adaptive":  # selects its clusters' rows by value anyway
-            hidden = torch.cat([top[..., :P][fsel], top[..., P:][bsel]])  # (Nf + Nb, P)
-            targets = torch.cat([batch.forward_targets[fsel], batch.backward_targets[bsel]])
-            losses = self.softmax(hidden, targets, generator)  # (Nf + Nb,)
-            nf = int(fsel.sum())
-            return LMOutput(losses[:nf].sum(), losses[nf:].sum(), fsel.sum(), bsel.sum(), final)
-        # Every position, the ones without a target masked out of the sums: fixed shapes, nothing
-        # read back from the device (window batches have targets at nearly every position).
-        hidden = torch.cat([top[..., :P].reshape(-1, P), top[..., P:].reshape(-1, P)])  # (2BT, P)
-        targets = torch.cat([batch.forward_targets.reshape(-1), batch.backward_targets.reshape(-1)])
-        losses = self.softmax(hidden, targets.clamp(min=0), generator)  # (2BT,)
-        losses = torch.where(targets >= 0, losses, losses.new_zeros(()))
-        n = fsel.numel()
-        return LMOutput(losses[:n].sum(), losses[n:].sum(), fsel.sum(), bsel.sum(), final)
+            hidden = _cat([h[sel] for h, sel in zip(halves, sels)])  # (Nf + Nb, P)
+            losses = self.softmax(hidden, _cat([t[sel] for t, sel in zip(targets, sels)]), generator)
+            n = int(sels[0].sum())
+        else:  # every position, the ones without a target masked out of the sums: fixed shapes,
+            # nothing read back from the device (window batches have targets at nearly every position)
+            hidden = _cat([h.reshape(-1, P) for h in halves])  # (2BT, P), or (BT, P) for one direction
+            flat = _cat([t.reshape(-1) for t in targets])
+            losses = self.softmax(hidden, flat.clamp(min=0), generator)
+            losses = torch.where(flat >= 0, losses, losses.new_zeros(()))
+            n = sels[0].numel()
+        parts = (losses[:n], losses[n:]) if len(runs) == 2 else (losses,)
+        sums, counts = [losses.new_zeros(())] * 2, [sels[0].new_zeros((), dtype=torch.long)] * 2
+        for d, part, sel in zip(runs, parts, sels):  # a direction not run: zero loss, no targets
+            sums[d], counts[d] = part.sum(), sel.sum()
+        return LMOutput(sums[0], sums[1], counts[0], counts[1], final)
+
+
+def _cat(tensors: list) -> torch.Tensor:
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
 
 
 @torch.no_grad()
-def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None) -> dict:
-    """Exact (full-softmax) mean loss and perplexity per direction over sentence-mode batches."""
+def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None,
+             directions: str = "both") -> dict:
+    """Exact (full-softmax) mean loss and perplexity per direction over sentence-mode batches
+    (a direction not run counts no targets: loss 0)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -91,7 +110,7 @@ def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None)
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            out = model(batch.to(device))
+            out = model(batch.to(device), directions=directions)
             sums += torch.stack([out.forward_loss_sum, out.backward_loss_sum]).double().cpu()
             counts += torch.stack([out.forward_count, out.backward_count]).cpu()
     finally:

@@ -45,7 +45,7 @@ from elmo.bilm import detach_state, map_state
 from elmo.io import atomic_open
 from pretrain import checkpoint as ckpt
 from pretrain.config import OptimConfig, PretrainConfig
-from pretrain.directional import Plateau
+from pretrain.recipe import Plateau
 from pretrain.distributed import DistInfo, all_reduce_sum, gather_objects
 from pretrain.lm import BidirectionalLM, evaluate
 
@@ -251,7 +251,8 @@ class Trainer:
                 torch._dynamo.maybe_mark_dynamic(batch.token_chars, 0)
                 if self.lm.softmax.kind == "sampled":
                     negatives = self.lm.softmax.draw(generator, self.device)
-            out = self.step_model(batch, self.state, cfg.optim.dropout, negatives, self.window_mode)
+            out = self.step_model(batch, self.state, cfg.optim.dropout, negatives, self.window_mode,
+                                  cfg.train.directions, cfg.optim.input_dropout)
         zero = self._token_total.new_zeros(())
         totals = torch.stack([out.forward_loss_sum.detach().double(), out.backward_loss_sum.detach().double(),
                               out.forward_count.double(), out.backward_count.double(),
@@ -262,7 +263,7 @@ class Trainer:
             nf = nb = totals[6].float()
         else:  # per-token means
             nf, nb = totals[2].clamp(min=1).float(), totals[3].clamp(min=1).float()
-        if cfg.train.directions == "forward":  # the forward LM alone (pretrain.directional)
+        if cfg.train.directions == "forward":  # the forward LM alone (Kim et al. 2016)
             loss = out.forward_loss_sum / nf * self.info.world
         else:
             loss = 0.5 * (out.forward_loss_sum / nf + out.backward_loss_sum / nb) * self.info.world
@@ -362,7 +363,7 @@ class Trainer:
             return None
         # A callable held-out set evaluates the model itself (pretrain.evaluate.StreamEvaluator).
         result = self.heldout(self.lm) if callable(self.heldout) else \
-            evaluate(self.lm, self.heldout, max_batches)
+            evaluate(self.lm, self.heldout, max_batches, self.config.train.directions)
         self.last_eval = result
         self.metrics.write({"step": self.step, "tokens": self.tokens,
                             **{f"heldout_{k}": v for k, v in result.items()}})

@@ -87,6 +87,30 @@ def test_given_boundaries_and_token_vectors(tiny_config):
         model(tokens, token_vectors=vectors[:2])
 
 
+def test_one_direction_is_that_half_of_every_layer(tiny_config):
+    """directions="forward" / "backward": the same entrance, one stack run; every layer (the
+    character layer too) is that direction's half of the two-direction output, bit for bit, and the
+    other stack's state comes back as it went in."""
+    torch.manual_seed(0)
+    model = ElmoBiLM(tiny_config).eval()
+    tokens = batch_to_tokens(SENTENCES)
+    state = [tuple(tuple(torch.randn_like(x) for x in st) for st in pair)
+             for pair in model.bilm.default_state(3)]
+    P = tiny_config.bilm.projection_dim
+    with torch.no_grad():
+        both = model(tokens, state)
+        for d, directions in enumerate(("forward", "backward")):
+            one = model(tokens, state, directions=directions)
+            assert torch.equal(one.mask, both.mask) and len(one.layers) == len(both.layers)
+            for a, b in zip(one.layers, both.layers):
+                assert a.shape == (3, 4, P) and torch.equal(a, b[..., d * P : (d + 1) * P])
+            for pair_one, pair_both, given in zip(one.state, both.state, state):
+                assert all(torch.equal(x, y) for x, y in zip(pair_one[d], pair_both[d]))
+                assert pair_one[1 - d] is given[1 - d]
+    with pytest.raises(ValueError, match="directions must be one of both, forward, backward"):
+        model(tokens, directions="forwards")
+
+
 def test_elmo_mixes_the_same_output(tiny_config):
     torch.manual_seed(0)
     bilm = ElmoBiLM(tiny_config).eval()

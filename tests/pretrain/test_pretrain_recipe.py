@@ -12,9 +12,8 @@ from elmo.lstm import FORGET_BIAS
 from pretrain.batches import WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig, pretrain_preset
 from pretrain.corpus import EncodedCorpus
-from pretrain.directional import (BACKWARD, FORWARD, ForwardLM, Plateau, count_parameters,
-                                  fix_identity_projection, init_uniform, run_direction, token_vectors)
 from pretrain.lm import BidirectionalLM
+from pretrain.recipe import Plateau, count_parameters, fix_identity_projection, init_uniform
 from pretrain.run import run
 from pretrain.train import Trainer
 from pretrain.vocab import Vocabulary, WordTable
@@ -159,11 +158,11 @@ def test_the_ptb_presets_carry_the_papers_hyper_parameters():
         preset.check()
     # Kim et al. Table 3: 5M parameters (small), 19M (large), with PTB's 10k-word softmax.
     torch.manual_seed(0)
-    lm = ForwardLM(small.model, 10_001, small.softmax)
+    lm = BidirectionalLM(small.model, 10_001, small.softmax)
     frozen = fix_identity_projection(lm.bilm)
     assert frozen == 4 * 300 * 300  # both directions' layers keep a (frozen) identity
     assert count_parameters(lm, "forward") == 5_201_381
-    big = ForwardLM(large.model, 10_001, large.softmax)
+    big = BidirectionalLM(large.model, 10_001, large.softmax)
     fix_identity_projection(big.bilm)
     assert count_parameters(big, "forward") == 18_917_431
 
@@ -184,10 +183,10 @@ def test_the_forward_lm_is_the_forward_half_of_the_bilm():
     config = tiny_pretrain_config(softmax={"kind": "full"})
     torch.manual_seed(0)
     bi = BidirectionalLM(config.model, len(vocab), config.softmax).double()
-    fwd = ForwardLM(config.model, len(vocab), config.softmax).double()
+    fwd = BidirectionalLM(config.model, len(vocab), config.softmax).double()
     fwd.load_state_dict(bi.state_dict())
     batch = eval_batches(corpus, table, 8, 50)[0]  # padded rows of different lengths
-    a, b = bi(batch), fwd(batch)
+    a, b = bi(batch), fwd(batch, directions="forward")
     assert float(b.forward_loss_sum.detach()) == pytest.approx(float(a.forward_loss_sum.detach()), rel=1e-12)
     assert int(b.forward_count) == int(a.forward_count) and int(b.backward_count) == 0
     a.forward_loss_sum.backward()
@@ -200,8 +199,69 @@ def test_the_forward_lm_is_the_forward_half_of_the_bilm():
     # The backward stack, run on its own, is the biLM's backward half too.
     with torch.no_grad():
         top, _ = bi.top_layer(batch)
-        back, _ = run_direction(bi.bilm, BACKWARD, token_vectors(bi.bilm, batch), batch.mask, reverse=True)
+        back, _ = bi.top_layer(batch, directions="backward")
     torch.testing.assert_close(back, top[..., top.shape[-1] // 2:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["full", "adaptive"])
+@pytest.mark.parametrize("mode", ["window", "sentence"])
+def test_a_forward_only_float32_step_is_bit_for_bit_the_bilms_forward_half(kind, mode):
+    """directions="forward" computes exactly the numbers of the forward half of the biLM (float32,
+    not to rounding): loss, every gradient, the forward state; the backward stack gets none."""
+    corpus, table, vocab = make_data(toy_sentences(60))
+    config = tiny_pretrain_config(softmax={"kind": kind, "adaptive_cutoffs": [10]})
+    torch.manual_seed(0)
+    lm = BidirectionalLM(config.model, len(vocab), config.softmax).train()
+    if mode == "window":  # full rows (no lengths read back), state carried in
+        batch, full_rows = WindowBatcher(corpus, table, 4, 7, 0).next_batch(), True
+    else:  # padded rows of different lengths, sorted by length inside the biLM
+        batch, full_rows = eval_batches(corpus, table, 8, 50)[0], False
+    state = [tuple(tuple(torch.randn_like(x) for x in st) for st in pair)
+             for pair in lm.bilm.bilm.default_state(batch.tokens.shape[0])]
+    runs = {}
+    for directions in ("both", "forward"):
+        lm.zero_grad(set_to_none=True)
+        out = lm(batch, state, 0.0, None, full_rows, directions=directions)
+        out.forward_loss_sum.backward()
+        runs[directions] = out, {n: p.grad for n, p in lm.named_parameters() if p.grad is not None}
+    (both, both_grads), (fwd, fwd_grads) = runs["both"], runs["forward"]
+    assert fwd.forward_loss_sum.dtype == torch.float32
+    assert torch.equal(fwd.forward_loss_sum, both.forward_loss_sum)
+    assert int(fwd.forward_count) == int(both.forward_count) > 0
+    assert float(fwd.backward_loss_sum) == 0.0 and int(fwd.backward_count) == 0
+    assert fwd_grads and not any(".backward_layers." in n for n in fwd_grads)  # not in the graph
+    assert all(".backward_layers." in n for n in set(both_grads) - set(fwd_grads))
+    for name, grad in fwd_grads.items():
+        assert torch.equal(grad, both_grads[name]), name
+    for k, (pair_fwd, pair_both) in enumerate(zip(fwd.state, both.state)):
+        for a, b in zip(pair_fwd[0], pair_both[0]):
+            assert torch.equal(a, b), k
+        assert pair_fwd[1] is state[k][1]  # the backward stack's state, as it was given
+
+
+def test_one_direction_runs_one_stack_only():
+    corpus, table, vocab = make_data(toy_sentences(30))
+    config = tiny_pretrain_config(softmax={"kind": "full"})
+    lm = BidirectionalLM(config.model, len(vocab), config.softmax).eval()
+    bilm = lm.bilm.bilm
+    batch = eval_batches(corpus, table, 8, 50)[0]
+    groups = []
+    run = bilm.kernels.run
+    bilm.kernels.run = lambda layers, *args: groups.append([id(x) for x in layers]) or run(layers, *args)
+    with torch.no_grad():
+        for directions, stack in (("forward", bilm.forward_layers), ("backward", bilm.backward_layers)):
+            groups.clear()
+            top, state = lm.top_layer(batch, directions=directions)
+            assert groups == [[id(layer)] for layer in stack]  # the other stack's layers never run
+            assert top.shape == (*batch.tokens.shape, config.model.bilm.projection_dim)
+        groups.clear()
+        lm.top_layer(batch)
+        assert groups == [[id(f), id(b)] for f, b in zip(bilm.forward_layers, bilm.backward_layers)]
+        out = lm(batch, directions="backward")
+    assert float(out.forward_loss_sum) == 0.0 and int(out.forward_count) == 0
+    assert int(out.backward_count) == int((batch.backward_targets >= 0).sum())
+    with pytest.raises(ValueError, match="directions must be one of both, forward, backward, got 'left'"):
+        lm.top_layer(batch, directions="left")
 
 
 def test_the_identity_projection_makes_a_plain_lstm():
@@ -209,7 +269,7 @@ def test_the_identity_projection_makes_a_plain_lstm():
     config = pretrain_preset("ptb-char-small").model
     config.bilm.dim = config.bilm.projection_dim = 6
     config.bilm.n_layers = 1
-    lm = ForwardLM(config, 10, pretrain_preset("ptb-char-small").softmax).double()
+    lm = BidirectionalLM(config, 10, pretrain_preset("ptb-char-small").softmax).double()
     init_uniform(lm, 0.5)
     fix_identity_projection(lm.bilm)
     layer = lm.bilm.bilm.forward_layers[0]
@@ -257,17 +317,17 @@ def test_without_input_dropout_only_the_layers_above_the_first_are_dropped():
     corpus, table, vocab = make_data(toy_sentences(20))
     config = tiny_pretrain_config().model
     config.bilm.n_layers = 1
-    lm = ForwardLM(config, len(vocab), tiny_pretrain_config().softmax).train()
+    lm = BidirectionalLM(config, len(vocab), tiny_pretrain_config().softmax).train()
     batch = eval_batches(corpus, table, 4, 50)[0]
-    tokens = token_vectors(lm.bilm, batch).detach()
-    with torch.no_grad():
-        lm.eval()
-        plain, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask)
-        lm.train()
-        kept, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask, dropout=0.9, input_dropout=False)
-        dropped, _ = run_direction(lm.bilm, FORWARD, tokens, batch.mask, dropout=0.9)
-    torch.testing.assert_close(kept, plain, rtol=0, atol=0)  # one layer: nothing dropped
-    assert float((dropped - plain).abs().max()) > 1e-3
+    for directions in ("forward", "both"):
+        with torch.no_grad():
+            lm.eval()
+            plain, _ = lm.top_layer(batch, directions=directions)
+            lm.train()
+            kept, _ = lm.top_layer(batch, dropout=0.9, directions=directions, input_dropout=False)
+            dropped, _ = lm.top_layer(batch, dropout=0.9, directions=directions)
+        torch.testing.assert_close(kept, plain, rtol=0, atol=0)  # one layer: nothing dropped
+        assert float((dropped - plain).abs().max()) > 1e-3
 
 
 # -- the contiguous window order --------------------------------------------------------------------

@@ -101,6 +101,25 @@ def test_a_training_step_reads_nothing_back(monkeypatch, optimizer, precision, s
     assert len(reads.reads) == 1 and reads.reads[0][0] == "tolist" and 0 < loss < 20
 
 
+@pytest.mark.parametrize("softmax", ["full", "sampled"])
+def test_a_forward_only_training_step_reads_nothing_back(monkeypatch, softmax):
+    """train.directions "forward" (Kim et al.'s recipe, no dropout on the token vectors): the same
+    entrance with one stack, the window's full rows: no lengths read from the device either."""
+    trainer = make_trainer(monkeypatch, optim={"optimizer": "sgd", "lr": 1.0, "input_dropout": False},
+                           train={"directions": "forward"}, softmax={"kind": softmax, "num_samples": 12})
+    trainer.train_step(trainer.batcher.next_batch())
+    batches = [trainer.batcher.next_batch() for _ in range(3)]
+    reads = HostReads(monkeypatch)
+    with reads:
+        results = [trainer.train_step(b) for b in batches]
+    assert reads.reads == [], reads.reads
+    backward = [p.grad for p in trainer.lm.bilm.bilm.backward_layers.parameters()]
+    assert backward and all(g is None for g in backward)  # the backward stack never ran
+    with reads:
+        loss = results[-1]["loss"]
+    assert 0 < loss < 20
+
+
 def test_the_loop_reads_only_at_log_steps(monkeypatch):
     trainer = make_trainer(monkeypatch, steps=12,
                            train={"log_every": 4, "eval_every": 1000, "checkpoint_every": 1000})
