@@ -35,7 +35,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch._higher_order_ops import while_loop  # the loop torch.export keeps as a loop
 
 from elmo.cells.regularizers import KINDS, DropoutMasks, sample_masks
 
@@ -290,5 +289,5 @@ class SteppedLayer(RecurrentLayer):
 
         start = torch.zeros((), dtype=torch.long, device=inputs.device)
         seq = xp.new_zeros((T, B, self.state_sizes[0]))
-        _, seq, *state = while_loop(running, advance, (start, seq, *state))
+        _, seq, *state = torch.while_loop(running, advance, (start, seq, *state))
         return self.readout(seq), tuple(state)
