@@ -93,6 +93,20 @@ def _make_plan(specs: Sequence[str], tokenizer: str, heldout_fraction: float, te
 
 
 # -- one shard: lines -> local type ids, counts ---------------------------------------------------------
+def _table_ids(new_words, index: dict, words: list, dtype) -> np.ndarray:
+    """The type ids of ``new_words`` (distinct) in the table ``words`` (with its ``index``), each
+    unseen word appended: type ids in order of first appearance, in a shard and across shards."""
+    def ids():
+        for w in new_words:
+            t = index.get(w)
+            if t is None:
+                t = index[w] = len(words)
+                words.append(w)
+            yield t
+
+    return np.fromiter(ids(), dtype, len(new_words))
+
+
 class _ShardEncoder:
     """Tokenizes lines into type ids of a table local to the shard (first appearance order)."""
 
@@ -122,23 +136,14 @@ class _ShardEncoder:
             hashes.append(crc(line.encode("utf-8", "replace")))
         if not lengths:
             return
-        index, words = self.index, self.words
-        codes = None
         if self.use_pandas:  # pandas (a dependency of datasets) hashes each token once, in C
             import pandas
 
             codes, uniques = pandas.factorize(np.array(tokens, dtype=object))
-        else:
-            uniques = dict.fromkeys(tokens)
-        mapping = np.empty(len(uniques), np.int32)
-        for j, w in enumerate(uniques):  # the chunk's types in order of first appearance
-            t = index.get(w)
-            if t is None:
-                t = index[w] = len(words)
-                words.append(w)
-            mapping[j] = t
-        self.ids.append(mapping[codes] if codes is not None else
-                        np.fromiter(map(index.__getitem__, tokens), np.int32, len(tokens)))
+            self.ids.append(_table_ids(uniques, self.index, self.words, np.int32)[codes])
+        else:  # the chunk's types in order of first appearance, then each token looked up
+            _table_ids(dict.fromkeys(tokens), self.index, self.words, np.int32)
+            self.ids.append(np.fromiter(map(self.index.__getitem__, tokens), np.int32, len(tokens)))
         self.lengths.append(np.array(lengths, dtype=np.int32))
         self.hashes.append(np.array(hashes, dtype=np.uint32))
 
@@ -219,7 +224,7 @@ def char_ids_of(words: Sequence[str], max_characters: int = MAX_CHARACTERS_PER_T
 
 
 def _merge(out_dir: str, plan: dict, max_characters: int = MAX_CHARACTERS_PER_TOKEN) -> dict:
-    """Shards in order -> the final arrays; returns the manifest (written by the caller)."""
+    """Shards in order -> the corpus files; returns the manifest (written by the caller)."""
     paths = [_shard_path(out_dir, k) for k in range(len(plan["shards"]))]
     n_tokens = n_sentences = 0
     for p in paths:
@@ -229,6 +234,20 @@ def _merge(out_dir: str, plan: dict, max_characters: int = MAX_CHARACTERS_PER_TO
     if n_sentences == 0:
         where = plan["hub"]["name"] if plan["hub"] else ", ".join(s["path"] for s in plan["sources"])
         raise ValueError(f"{where}: no training text (every line is blank)")
+    words, counts, held_counts = _merge_tokens(out_dir, paths, n_tokens, n_sentences)
+    _write_types(out_dir, words, counts, held_counts, max_characters)
+    manifest = {k: plan[k] for k in IDENTITY}
+    manifest.update({"num_tokens": n_tokens, "num_sentences": n_sentences, "num_types": len(words),
+                     "heldout_tokens": int(held_counts.sum()), "max_characters": max_characters,
+                     "files": list(_FILES)})
+    return manifest
+
+
+def _merge_tokens(out_dir: str, paths: Sequence[str], n_tokens: int, n_sentences: int
+                  ) -> tuple[list, np.ndarray, np.ndarray]:
+    """TOKENS, OFFSETS and HASHES written from the shards in order, each shard's types mapped into
+    one table (type 0 padding, 1 <S>, 2 </S>); returns the table and each type's counts in the
+    whole corpus and in its held-out lines."""
     index = {BOS_TOKEN: 1, EOS_TOKEN: 2}
     words = ["", BOS_TOKEN, EOS_TOKEN]
     counts = np.zeros(1 << 16, np.int64)
@@ -245,14 +264,7 @@ def _merge(out_dir: str, plan: dict, max_characters: int = MAX_CHARACTERS_PER_TO
             with np.load(p) as z:
                 ids, lengths, h = z["ids"], z["lengths"], z["hashes"]
                 blob = z["words"].tobytes().decode("utf-8", "surrogatepass")
-                local_words = blob.split("\n") if blob else []
-                mapping = np.empty(len(local_words), np.int64)
-                for j, w in enumerate(local_words):
-                    g = index.get(w)
-                    if g is None:
-                        g = index[w] = len(words)
-                        words.append(w)
-                    mapping[j] = g
+                mapping = _table_ids(blob.split("\n") if blob else [], index, words, np.int64)
                 if len(words) > len(counts):
                     grow = max(len(words), 2 * len(counts)) - len(counts)
                     counts = np.concatenate([counts, np.zeros(grow, np.int64)])
@@ -266,21 +278,21 @@ def _merge(out_dir: str, plan: dict, max_characters: int = MAX_CHARACTERS_PER_TO
         for a in (tokens, offsets, hashes):
             a.flush()
         del tokens, offsets, hashes
+    return words, counts[: len(words)], held_counts[: len(words)]
+
+
+def _write_types(out_dir: str, words: list, counts: np.ndarray, held_counts: np.ndarray,
+                 max_characters: int) -> None:
+    """The per-type files: COUNTS, HELD_COUNTS, CHARS, ALPHA and WORDS."""
     V = len(words)
-    counts, held_counts = counts[:V], held_counts[:V]
-    chars = char_ids_of(words, max_characters)
     alpha = np.empty(V, np.int32)
     alpha[sorted(range(V), key=words.__getitem__)] = np.arange(V, dtype=np.int32)
-    for name, array in ((COUNTS, counts), (HELD_COUNTS, held_counts), (CHARS, chars), (ALPHA, alpha)):
+    for name, array in ((COUNTS, counts), (HELD_COUNTS, held_counts), (CHARS, char_ids_of(words, max_characters)),
+                        (ALPHA, alpha)):
         with atomic_open(os.path.join(out_dir, name), "wb") as f:
             np.lib.format.write_array(f, array, allow_pickle=False)
     with atomic_open(os.path.join(out_dir, WORDS), "wb") as f:  # type 1, 2, ...: one word a line
         f.write("".join(w + "\n" for w in words[1:]).encode("utf-8", "surrogatepass"))
-    manifest = {k: plan[k] for k in IDENTITY}
-    manifest.update({"num_tokens": n_tokens, "num_sentences": n_sentences, "num_types": V,
-                     "heldout_tokens": int(held_counts.sum()), "max_characters": max_characters,
-                     "files": list(_FILES)})
-    return manifest
 
 
 # -- prepare: plan, tokenize the missing shards, merge ----------------------------------------------
