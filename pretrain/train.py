@@ -191,10 +191,11 @@ class Trainer:
         lm.to(self.device)
         self.model = lm
         if self.info.active:
-            # The adaptive softmax leaves tail clusters without gradient in some batches.
+            # The adaptive softmax leaves tail clusters without gradient in some batches; one
+            # direction alone (train.directions) leaves the other stack without gradient.
             self.model = nn.parallel.DistributedDataParallel(
                 lm, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=lm.softmax.kind == "adaptive")
+                find_unused_parameters=lm.softmax.kind == "adaptive" or config.train.directions != "both")
         # train.compile: the forward (and with it the backward) through torch.compile; the
         # sampled softmax's negatives are drawn outside and given to it as an input.
         self.step_model = torch.compile(self.model) if config.train.compile else self.model

@@ -37,8 +37,10 @@ def combined_batches():
     return [batcher.next_batch() for _ in range(STEPS)], len(vocab)
 
 
-def train(batches, vocab_size, info):
+def train(batches, vocab_size, info, overrides=()):
     config = the_config()
+    for assignment in overrides:
+        config = config.with_override(assignment)
     torch.manual_seed(0)
     lm = BidirectionalLM(config.model, vocab_size, config.softmax)
     trainer = Trainer(lm, ListBatcher(batches), config, STEPS, info=info)
@@ -92,3 +94,38 @@ def test_two_processes_equal_one_with_the_combined_batch(tmp_path):
     rows0, rows1 = (r["data"]["rows"] for r in latest["ranks"])
     assert rows0 != rows1  # each process reads its own shard
     assert find_weights(tmp_path / "run") is not None
+
+
+def _forward_worker(rank, world, tmp):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    try:
+        batches, vocab_size = combined_batches()
+        mine = [b.rows(rank * ROWS, (rank + 1) * ROWS) for b in batches]
+        lm, losses = train(mine, vocab_size, DistInfo(rank, world, 0, torch.device("cpu")), FORWARD_ONLY)
+        if rank == 0:
+            torch.save({"params": lm.state_dict(), "losses": losses}, f"{tmp}/ddp.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+FORWARD_ONLY = ("train.directions=forward", "optim.input_dropout=false")
+
+
+def test_forward_only_two_processes_equal_one(tmp_path):
+    """train.directions=forward under DDP: the backward stack gets no gradient on any process
+    (DDP is told to expect unused parameters) and the result is one process's on both shards."""
+    mp.spawn(_forward_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    torch.set_num_threads(1)
+    batches, vocab_size = combined_batches()
+    lm, losses = train(batches, vocab_size, DistInfo(), FORWARD_ONLY)
+    for a, b in zip(losses, ddp["losses"]):
+        assert abs(a - b) < 1e-5
+    torch.manual_seed(0)  # the initial weights of train()
+    start = BidirectionalLM(the_config().model, vocab_size, the_config().softmax).state_dict()
+    for name, p in lm.state_dict().items():
+        torch.testing.assert_close(ddp["params"][name], p, rtol=0, atol=1e-5, msg=name)
+        if ".backward_layers." in name:  # untrained, on every process
+            assert torch.equal(ddp["params"][name], start[name]), name
+    assert any((start[k] - v).abs().max() > 1e-4 for k, v in lm.state_dict().items())
