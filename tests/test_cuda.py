@@ -199,9 +199,10 @@ def test_the_compiled_featurizer_gives_the_eager_output(device, monkeypatch):
 
 # -- CUDA only -----------------------------------------------------------------------------------
 @cuda_only
-def test_a_cuda_training_step_never_synchronises():
+@pytest.mark.parametrize("directions", ["both", "forward"])
+def test_a_cuda_training_step_never_synchronises(directions):
     _, corpus, table, vocab = toy_corpus()
-    config = small_config()
+    config = small_config(directions=directions)
     torch.manual_seed(0)
     lm = BidirectionalLM(config.model, len(vocab), config.softmax)
     trainer = Trainer(lm, WindowBatcher(corpus, table, 8, 10, 0), config, 20,
