@@ -13,18 +13,22 @@ The graph is ``ElmoBiLM.forward`` itself, captured by ``torch.export`` (the dyna
 ``BiLM`` and ``remove_sentence_boundaries``, the same modules and code as in eager mode. The
 host-side parts of the eager path have a graph form chosen where they are: the value checks are
 skipped, and ``BiLM`` runs every row for all T steps in input order through the layers'
-``forward_dense`` (``elmo.cells.base``: the same step as the packed loop, in a ``while_loop``,
-which becomes one ONNX ``Loop`` over a dynamic number of steps) and masks the padding.
-Only the original cell is exported (``cell="lstm"``, no deep transition, no input skip
-connections, no zoneout): other cells raise a ValueError naming the setting.
+``forward_dense`` (``elmo.cells.base``: the same step as the packed loop, in a
+``torch.while_loop``, which becomes one ONNX ``Loop`` over a dynamic number of steps) and masks
+the padding. Only the original cell is exported (``cell="lstm"``, no deep transition, no input
+skip connections, no zoneout): other cells raise a ValueError naming the setting (the dense loop
+runs the other stepped cells in eager mode, tests/elmo/test_cells_bilm.py, but their graphs are
+not checked against onnxruntime).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import warnings
-from typing import Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -58,12 +62,31 @@ class GraphBiLM(nn.Module):
         return torch.stack(out.layers), out.mask
 
 
+# The exporter and its graph optimizer log hundreds of INFO records (and notes such as "torchvision
+# is not installed") that would drown a command's output: only their errors pass while it runs.
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _errors_only(names: Sequence[str]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_onnx(model, path: Union[str, os.PathLike], opset: int = 18,
                 example: Optional[torch.Tensor] = None) -> str:
     """Write ``model`` (an ``ElmoBiLM``) as an ONNX graph (atomically); returns the path.
 
     Inputs ``char_ids`` (batch, tokens, 50) int64; outputs ``layers`` (L+1, batch, tokens, 2P)
-    float32 and ``mask`` (batch, tokens) bool; batch and tokens are dynamic.
+    float32 and ``mask`` (batch, tokens) bool; batch and tokens are dynamic. ``opset``: 18 or
+    later (the dynamo exporter's own); ``example``: the char ids the graph is traced with.
     """
     try:
         import onnx  # noqa: F401  (the dynamo exporter writes with onnx and onnxscript)
@@ -74,8 +97,8 @@ def export_onnx(model, path: Union[str, os.PathLike], opset: int = 18,
 
     check_exportable(model)
     # a float32 CPU copy in evaluation, stateless: exporting leaves the user's model as it was
-    twin = copy.deepcopy(model).float().cpu().eval()
-    twin.stateful, twin._state = False, None
+    copied = copy.deepcopy(model).float().cpu().eval()
+    copied.stateful, copied._state = False, None
     if example is None:
         from elmo.chars import batch_to_ids
 
@@ -83,10 +106,10 @@ def export_onnx(model, path: Union[str, os.PathLike], opset: int = 18,
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and progress notes
+    with warnings.catch_warnings(), _errors_only(EXPORTER_LOGGERS), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
         program = torch.onnx.export(
-            GraphBiLM(twin).eval(), (example,), dynamo=True, opset_version=opset,
+            GraphBiLM(copied).eval(), (example,), dynamo=True, opset_version=opset,
             input_names=["char_ids"], output_names=["layers", "mask"],
             dynamic_shapes=(axes,), verbose=False)
     with atomic_path(path) as tmp:

@@ -87,6 +87,30 @@ def test_the_graph_has_dynamic_batch_and_length_axes(fixture_export):
     assert any(node.op_type == "Loop" for node in graph.node)  # the recurrence, not unrolled
 
 
+def test_the_graph_is_traced_from_the_models_own_modules(fixture_export):
+    """The exporter records each node's Python stack: the nodes come from ElmoBiLM.forward, BiLM
+    and the character CNN's modules, and elmo.onnx_export contributes only GraphBiLM.forward's
+    stacking of the layers (no computation of its own)."""
+    _, path = fixture_export
+    frames = set()
+
+    def walk(graph):
+        for node in graph.node:
+            for prop in node.metadata_props:
+                if prop.key.endswith("stack_trace"):
+                    frames.update(line.split("elmo/", 1)[1] for line in prop.value.splitlines()
+                                  if 'File "' in line and "/elmo/" in line)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    walk(attribute.g)
+
+    walk(onnx.load(path).graph)
+    files = {frame.split('"')[0] for frame in frames}
+    assert {"model.py", "bilm.py", "char_cnn.py"} <= files, files
+    assert {frame.rsplit(", in ", 1)[1] for frame in frames if frame.startswith("onnx_export.py")} == {"forward"}
+    assert any(frame.startswith("model.py") and frame.endswith("in forward") for frame in frames)
+
+
 def test_warm_state_no_skip_no_clip_and_the_model_is_left_as_it_was(tmp_path):
     model = ElmoBiLM(make_tiny_config(use_skip_connections=False, cell_clip=None, proj_clip=None))
     for p in model.parameters():
@@ -106,12 +130,17 @@ def test_other_cells_are_refused_by_name(tmp_path):
     assert not os.path.exists(tmp_path / "g.onnx")
 
 
-def test_elmo_export_onnx_command(tmp_path, tiny_config):
+def test_elmo_export_onnx_command(tmp_path, tiny_config, caplog):
+    import logging
+
     from pretrain.cli import export_main
 
     ElmoBiLM(tiny_config).save_pretrained(tmp_path / "m")
     out = tmp_path / "m.onnx"
+    caplog.set_level(logging.INFO)
     assert export_main([str(tmp_path / "m"), "--onnx", str(out)]) == 0
+    noise = [r.name for r in caplog.records if r.name.startswith(("torch", "onnxscript", "onnx_ir"))]
+    assert not noise  # the exporter's hundreds of INFO records stay out of the command's output
     assert os.path.getsize(out) > 0
     session = OnnxBiLM(out)
     layers, _ = session(batch_to_ids([["An", "export"]]))
