@@ -60,7 +60,8 @@ class BiLM(nn.Module):
     """The two stacks. ``gemm`` picks the library of the LSTM's per-step products once
     (``elmo.kernels``: auto, onednn, mkl or plain; None = ``ELMO_GEMM`` or auto)."""
 
-    def __init__(self, config: BiLMConfig, gemm: Optional[str] = None) -> None:
+    def __init__(self, config: BiLMConfig, gemm: Optional[str] = None,
+                 input_dim: Optional[int] = None) -> None:
         super().__init__()
         self.config = config
         # Not a submodule and not saved: how this process runs the LSTM, and the weights it
@@ -69,9 +70,11 @@ class BiLM(nn.Module):
         self.register_load_state_dict_post_hook(_release_prepared_weights)
         P = config.projection_dim
 
+        first = P if input_dim is None else input_dim  # the token vectors' size (default P)
+
         def make() -> nn.ModuleList:
             # config.cell picks the layer class (elmo.cells.make_layer: elmo.lstm.Lstm for "lstm").
-            return nn.ModuleList(make_layer(config, P) for _ in range(config.n_layers))
+            return nn.ModuleList(make_layer(config, first if k == 0 else P) for k in range(config.n_layers))
 
         self.forward_layers, self.backward_layers = make(), make()
 

@@ -42,18 +42,19 @@ class Highway(nn.Module):
 
 
 class CharCNN(nn.Module):
-    """Token character ids -> one vector per token of size ``output_dim``."""
+    """Token character ids -> one vector per token of size ``output_dim`` (``n_filters`` without
+    the projection, ``config.projection`` False)."""
 
     def __init__(self, config: CharCNNConfig, output_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.output_dim = output_dim
+        self.output_dim = output_dim if config.projection else config.n_filters
         # Row 0 is the "no token" id: kept at zero and never trained.
         self.char_embedding = nn.Embedding(config.n_characters, config.embedding_dim, padding_idx=0)
         self.convolutions = nn.ModuleList(
             nn.Conv1d(config.embedding_dim, count, kernel_size=width) for width, count in config.filters)
         self.highway = Highway(config.n_filters, config.n_highway)
-        self.projection = nn.Linear(config.n_filters, output_dim)
+        self.projection = nn.Linear(config.n_filters, output_dim) if config.projection else nn.Identity()
 
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids (N, C) of real tokens -> (N, output_dim), exactly as ``encode_characters``.
@@ -65,7 +66,7 @@ class CharCNN(nn.Module):
         """
         N = char_ids.shape[0]
         if N == 0:
-            return self.projection.weight.new_zeros((0, self.output_dim))
+            return self.char_embedding.weight.new_zeros((0, self.output_dim))
         if not sync.may_sync(char_ids) or N < 64:  # on a GPU or in a graph: one group, all C positions
             features = self.convolve(self.trim_characters(char_ids))
         else:

@@ -54,7 +54,14 @@ class JsonConfig:
 
 @dataclass
 class CharCNNConfig:
-    """Character encoder: embedding -> convolutions (max-pool, activation) -> highway -> projection."""
+    """Character encoder: embedding -> convolutions (max-pool, activation) -> highway -> projection.
+
+    ``projection`` False leaves the projection out: the first biLM layer reads the ``n_filters``
+    highway features, as in Kim et al. 2016's language models. The token layer then differs in size
+    from the LSTM layers, so such a model is a language model only (its ELMo layers cannot be
+    mixed), and it has no original-format (bilm-tf) equivalent unless ``n_filters`` equals the
+    projection size.
+    """
 
     embedding_dim: int = 16
     filters: list = field(default_factory=lambda: [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256],
@@ -63,9 +70,12 @@ class CharCNNConfig:
     activation: str = "relu"
     n_characters: int = NUM_CHARACTER_IDS
     max_characters_per_token: int = MAX_CHARACTERS_PER_TOKEN
+    projection: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "embedding_dim", "n_characters", "max_characters_per_token")
+        if not isinstance(self.projection, bool):
+            raise ValueError(f"char_cnn.projection must be true or false, got {self.projection!r}")
         check_at_least("char_cnn.n_highway", self.n_highway, 0, integer=True)
         check_choice("char_cnn.activation", self.activation, ACTIVATIONS)
         if not self.filters:
@@ -135,10 +145,22 @@ class ElmoConfig(JsonConfig):
     char_cnn: CharCNNConfig = field(default_factory=CharCNNConfig)
     bilm: BiLMConfig = field(default_factory=BiLMConfig)
 
+    def __post_init__(self) -> None:
+        if not self.char_cnn.projection and self.bilm.input_skip_connections \
+                and self.char_cnn.n_filters != self.bilm.projection_dim:
+            raise ValueError(f"bilm.input_skip_connections adds the token layer ({self.char_cnn.n_filters} "
+                             f"features without char_cnn.projection) to layers of size "
+                             f"{self.bilm.projection_dim}; set char_cnn.projection true")
+
     @property
     def output_dim(self) -> int:
         """Size of every ELMo layer: forward and backward concatenated."""
         return 2 * self.bilm.projection_dim
+
+    @property
+    def token_dim(self) -> int:
+        """Size of the character encoder's token vectors (the first biLM layer's input)."""
+        return self.bilm.projection_dim if self.char_cnn.projection else self.char_cnn.n_filters
 
     @property
     def num_layers(self) -> int:
@@ -179,6 +201,11 @@ class ElmoConfig(JsonConfig):
     def to_options(self) -> dict:
         """The original ``options.json`` dictionary for this configuration."""
         c, b = self.char_cnn, self.bilm
+        if not c.projection and c.n_filters != b.projection_dim:
+            raise ValueError(f"char_cnn.projection is false and the {c.n_filters} character features "
+                             f"differ from lstm.projection_dim {b.projection_dim}: the original format "
+                             "has no such model (it projects whenever the sizes differ); keep it in "
+                             "this package's format")
         return {
             "lstm": {"dim": b.dim, "projection_dim": b.projection_dim, "n_layers": b.n_layers,
                      "cell_clip": b.cell_clip, "proj_clip": b.proj_clip,

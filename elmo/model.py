@@ -103,7 +103,7 @@ class ElmoBiLM(nn.Module):
         super().__init__()
         self.config = config
         self.char_cnn = CharCNN(config.char_cnn, config.bilm.projection_dim)
-        self.bilm = BiLM(config.bilm)
+        self.bilm = BiLM(config.bilm, input_dim=config.token_dim)
         bos, eos = bos_eos_char_ids(config.char_cnn.max_characters_per_token)
         self.register_buffer("boundary_chars", torch.from_numpy(np.stack([bos, eos])), persistent=False)
         self.stateful = False
@@ -146,10 +146,17 @@ class ElmoBiLM(nn.Module):
         are checked when it is on the CPU (on a GPU the check would stall the queue).
         """
         tokens = self._token_batch(inputs)
-        if token_vectors is not None and token_vectors.shape != (tokens.token_chars.shape[0], self.config.bilm.projection_dim):
-            raise ValueError(f"token_vectors must be (distinct tokens, projection_dim) = "
-                             f"{(tokens.token_chars.shape[0], self.config.bilm.projection_dim)}, "
-                             f"got {tuple(token_vectors.shape)}")
+        if add_boundaries and not self.config.char_cnn.projection:
+            raise ValueError(f"this model has no character projection (char_cnn.projection false): "
+                             f"its token layer ({self.config.token_dim} features) differs in size from "
+                             f"its LSTM layers ({self.config.bilm.projection_dim}), so it is a language "
+                             "model only and has no ELMo layers to embed or mix; measure it with "
+                             "elmo-pretrain evaluate, or train with char_cnn.projection true")
+        D = self.config.token_dim
+        if token_vectors is not None and token_vectors.shape != (tokens.token_chars.shape[0], D):
+            size = "projection_dim" if self.config.char_cnn.projection else "char_cnn.n_filters"
+            raise ValueError(f"token_vectors must be (distinct tokens, {size}) = "
+                             f"{(tokens.token_chars.shape[0], D)}, got {tuple(token_vectors.shape)}")
         if add_boundaries:
             tokens = add_sentence_boundaries(tokens, self.boundary_chars)
             if token_vectors is not None:

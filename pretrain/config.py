@@ -203,9 +203,11 @@ TRAIN_PRESETS = {
 
 
 def _kim_model(filters: list, n_highway: int, dim: int) -> ElmoConfig:
-    """Kim et al. 2016, Table 2 (PTB): char embeddings 15, one convolution per width, highway
-    layers, 2 LSTM layers of ``dim`` units without projection, clipping or residual connections."""
-    return ElmoConfig(CharCNNConfig(embedding_dim=15, filters=filters, n_highway=n_highway),
+    """Kim et al. 2016, Table 2 (PTB): char embeddings 15, one tanh convolution per width, highway
+    layers (relu), the highway output read by 2 LSTM layers of ``dim`` units (no character
+    projection, no LSTM projection, clipping or residual connections)."""
+    return ElmoConfig(CharCNNConfig(embedding_dim=15, filters=filters, n_highway=n_highway,
+                                    activation="tanh", projection=False),
                       BiLMConfig(dim=dim, projection_dim=dim, n_layers=2, cell_clip=None,
                                  proj_clip=None, use_skip_connections=False))
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from elmo import Elmo, ElmoBiLM, batch_to_ids, load_original
+from elmo.config import BiLMConfig, CharCNNConfig, ElmoConfig
 from elmo.model import remove_sentence_boundaries
 
 SENTENCES = [["The", "cat", "sat", "."], ["Hello", "Zürich"], ["A", "much", "longer", "sentence",
@@ -133,3 +134,33 @@ def test_bad_inputs(model):
         model(torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(ValueError, match=r"must lie in \[0, 262\)"):
         model(torch.full((1, 1, 50), 300, dtype=torch.long))
+
+
+def test_a_model_without_character_projection_is_a_language_model_only(tmp_path):
+    """char_cnn.projection false (Kim et al. 2016): the first LSTM layer reads the highway
+    features; the ELMo entrance with boundaries refuses it, the LM path runs, our format saves and
+    loads it, the original format refuses it."""
+    config = ElmoConfig(CharCNNConfig(embedding_dim=4, filters=[[1, 3], [2, 4]], n_highway=1,
+                                      activation="tanh", projection=False),
+                        BiLMConfig(dim=6, projection_dim=5, n_layers=2, cell_clip=None, proj_clip=None))
+    assert config.token_dim == 7
+    torch.manual_seed(0)
+    model = ElmoBiLM(config).eval()
+    assert not hasattr(model.char_cnn.projection, "weight")
+    assert model.bilm.forward_layers[0].input_dim == 7 and model.bilm.forward_layers[1].input_dim == 5
+    ids = batch_to_ids([["<S>", "a", "bc", "</S>"], ["<S>", "de", "</S>"]])
+    with pytest.raises(ValueError, match="no character projection"):
+        model(ids)
+    out = model(ids, add_boundaries=False)
+    assert [tuple(x.shape) for x in out.layers] == [(2, 4, 14), (2, 4, 10), (2, 4, 10)]
+    # The token layer is the highway output itself: equal to the character encoder's.
+    vectors = model.char_cnn.encode_characters(ids[0])  # (4, 7)
+    torch.testing.assert_close(out.layers[0][0, :, :7], vectors, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="original format has no such model"):
+        config.to_options()
+    model.save_pretrained(tmp_path / "m")
+    again = ElmoBiLM.from_pretrained(tmp_path / "m").eval()
+    for a, b in zip(out.layers, again(ids, add_boundaries=False).layers):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input_skip_connections"):
+        ElmoConfig(config.char_cnn, BiLMConfig(dim=6, projection_dim=5, input_skip_connections=True))

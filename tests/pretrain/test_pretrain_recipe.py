@@ -161,10 +161,22 @@ def test_the_ptb_presets_carry_the_papers_hyper_parameters():
     lm = BidirectionalLM(small.model, 10_001, small.softmax)
     frozen = fix_identity_projection(lm.bilm)
     assert frozen == 4 * 300 * 300  # both directions' layers keep a (frozen) identity
-    assert count_parameters(lm, "forward") == 5_201_381
+    # By hand: char embeddings 262 x 15; convolutions 15 * sum(width * count) + biases; highway
+    # layers d x 2d + 2d; LSTM layers W_x, W_h and one bias (the first reads the highway output:
+    # no character projection); softmax 10,001 x (dim + 1).
+    def expected(filters, n_highway, H):
+        d = sum(c for _, c in filters)
+        conv = 15 * sum(w * c for w, c in filters) + d
+        lstm = (d * 4 * H + H * 4 * H + 4 * H) + (H * 4 * H + H * 4 * H + 4 * H)
+        return 262 * 15 + conv + n_highway * (d * 2 * d + 2 * d) + lstm + 10_001 * (H + 1)
+    assert count_parameters(lm, "forward") == expected(small.model.char_cnn.filters, 1, 300) == 5_313_581
     big = BidirectionalLM(large.model, 10_001, large.softmax)
     fix_identity_projection(big.bilm)
-    assert count_parameters(big, "forward") == 18_917_431
+    assert count_parameters(big, "forward") == expected(large.model.char_cnn.filters, 2, 650) == 19_371_781
+    # Kim et al. sec. 2.2-2.3: tanh convolutions, relu highway layers, no projection before the LSTM.
+    for preset in (small, large):
+        assert preset.model.char_cnn.activation == "tanh" and preset.model.char_cnn.projection is False
+        assert lm.bilm.char_cnn.output_dim == 525 and big.bilm.char_cnn.output_dim == 1100
 
 
 def test_cross_section_rules_are_checked():
@@ -274,8 +286,9 @@ def test_the_identity_projection_makes_a_plain_lstm():
     fix_identity_projection(lm.bilm)
     layer = lm.bilm.bilm.forward_layers[0]
     assert not layer.projection_weight.requires_grad
-    H = 6
-    ref = torch.nn.LSTM(6, H, dtype=torch.float64)
+    H, I = 6, layer.input_dim  # the first layer reads the highway output (525, no projection)
+    assert I == 525
+    ref = torch.nn.LSTM(I, H, dtype=torch.float64)
     order = torch.cat([torch.arange(0, H), torch.arange(H, 2 * H), torch.arange(3 * H, 4 * H),
                        torch.arange(2 * H, 3 * H)])  # ours (i, f, o, g) -> torch's (i, f, g, o)
     with torch.no_grad():
@@ -285,7 +298,7 @@ def test_the_identity_projection_makes_a_plain_lstm():
         bias[H : 2 * H] += FORGET_BIAS
         ref.bias_ih_l0.copy_(bias[order])
         ref.bias_hh_l0.zero_()
-    x = torch.randn(7, 3, 6, dtype=torch.float64)
+    x = torch.randn(7, 3, I, dtype=torch.float64)
     ours, (h, c) = layer(x, [3] * 7, None)
     theirs, (h_ref, c_ref) = ref(x)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
