@@ -111,16 +111,25 @@ def test_the_graph_is_traced_from_the_models_own_modules(fixture_export):
     assert any(frame.startswith("model.py") and frame.endswith("in forward") for frame in frames)
 
 
-def test_warm_state_no_skip_no_clip_and_the_model_is_left_as_it_was(tmp_path):
+@pytest.fixture(scope="module")
+def warm_export(tmp_path_factory):
+    """A tiny model with a warm state, no skip connections and no clips, exported in training
+    mode (one export for the tests below: each takes seconds)."""
     model = ElmoBiLM(make_tiny_config(use_skip_connections=False, cell_clip=None, proj_clip=None))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     model.set_warm_state(batch_to_ids([["<S>", "warm", "up", "text", "</S>"]]))
-    assert model.bilm.forward_layers[0].initial_h.abs().sum() > 0
     model.train()
-    export_onnx(model, tmp_path / "m.onnx")
+    path = tmp_path_factory.mktemp("warm") / "m.onnx"
+    export_onnx(model, path)
+    return model, path
+
+
+def test_warm_state_no_skip_no_clip_and_the_model_is_left_as_it_was(warm_export):
+    model, path = warm_export
+    assert model.bilm.forward_layers[0].initial_h.abs().sum() > 0
     assert model.training and next(model.parameters()).dtype == torch.float32
-    _check(model.eval(), str(tmp_path / "m.onnx"),
+    _check(model.eval(), str(path),
            [[["One"]], [["Two", "words"], ["and", "three", "here"]], [["z"] * 25]])
 
 
@@ -151,13 +160,12 @@ def test_elmo_export_onnx_command(tmp_path, tiny_config, caplog):
     assert export_main([str(tmp_path / "m"), "--options-file", str(tmp_path / "o.json")]) == 2
 
 
-def test_missing_extras_are_named(tmp_path, tiny_config, monkeypatch):
+def test_missing_extras_are_named(tmp_path, tiny_config, monkeypatch, warm_export):
     import sys
 
-    export_onnx(ElmoBiLM(tiny_config), tmp_path / "m.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[onnx\]"):
-        OnnxBiLM(tmp_path / "m.onnx")
+        OnnxBiLM(warm_export[1])
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install elmo-pytorch\[onnx\]"):
         export_onnx(ElmoBiLM(tiny_config), tmp_path / "n.onnx")
