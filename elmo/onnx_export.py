@@ -41,6 +41,8 @@ from elmo.weights import original_lstm_problems
 def check_exportable(model) -> None:
     """Raise a ValueError naming every setting the exported graph does not compute."""
     problems = original_lstm_problems(model.config)
+    if not model.config.char_cnn.projection:  # (ElmoBiLM refuses it sentences: no ELMo layers)
+        problems.append("char_cnn.projection=false (a language model only)")
     layers = list(model.bilm.forward_layers) + list(model.bilm.backward_layers)
     if not problems and not all(type(layer) is Lstm for layer in layers):
         problems.append("a biLM layer that is not elmo.lstm.Lstm")

@@ -137,6 +137,13 @@ def test_other_cells_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="cell='gru'"):
         export_onnx(ElmoBiLM(make_tiny_config(cell="gru")), tmp_path / "g.onnx")
     assert not os.path.exists(tmp_path / "g.onnx")
+    from elmo.config import BiLMConfig, CharCNNConfig, ElmoConfig
+
+    lm_only = ElmoConfig(CharCNNConfig(embedding_dim=4, filters=[[1, 4], [2, 8]], n_highway=1, projection=False),
+                         BiLMConfig(dim=12, projection_dim=6, n_layers=1))
+    with pytest.raises(ValueError, match="char_cnn.projection=false"):  # before tracing, not inside it
+        export_onnx(ElmoBiLM(lm_only), tmp_path / "p.onnx")
+    assert not os.path.exists(tmp_path / "p.onnx")
 
 
 def test_elmo_export_onnx_command(tmp_path, tiny_config, caplog):
