@@ -50,6 +50,7 @@ class Embedder:
         On a GPU the host builds each batch's character ids while the device runs the previous
         batch: inputs go up from pinned memory without blocking, results come back the same way,
         and nothing waits for the device except the collection of a finished batch."""
+        model.check_has_elmo_layers()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):

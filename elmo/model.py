@@ -146,12 +146,8 @@ class ElmoBiLM(nn.Module):
         are checked when it is on the CPU (on a GPU the check would stall the queue).
         """
         tokens = self._token_batch(inputs)
-        if add_boundaries and not self.config.char_cnn.projection:
-            raise ValueError(f"this model has no character projection (char_cnn.projection false): "
-                             f"its token layer ({self.config.token_dim} features) differs in size from "
-                             f"its LSTM layers ({self.config.bilm.projection_dim}), so it is a language "
-                             "model only and has no ELMo layers to embed or mix; measure it with "
-                             "elmo-pretrain evaluate, or train with char_cnn.projection true")
+        if add_boundaries:
+            self.check_has_elmo_layers()
         D = self.config.token_dim
         if token_vectors is not None and token_vectors.shape != (tokens.token_chars.shape[0], D):
             size = "projection_dim" if self.config.char_cnn.projection else "char_cnn.n_filters"
@@ -179,6 +175,16 @@ class ElmoBiLM(nn.Module):
             stripped = [remove_sentence_boundaries(layer, mask) for layer in layers]
             layers, mask = [layer for layer, _ in stripped], stripped[0][1]
         return ElmoOutput(layers, mask, final)
+
+    def check_has_elmo_layers(self) -> None:
+        """Raise a ``ValueError`` for a model without the character projection: a language model
+        only, whose token layer cannot be mixed with its LSTM layers."""
+        if not self.config.char_cnn.projection:
+            raise ValueError(f"this model has no character projection (char_cnn.projection false): "
+                             f"its token layer ({self.config.token_dim} features) differs in size from "
+                             f"its LSTM layers ({self.config.bilm.projection_dim}), so it is a language "
+                             "model only and has no ELMo layers to embed or mix; measure it with "
+                             "elmo-pretrain evaluate, or train with char_cnn.projection true")
 
     def _token_batch(self, inputs: TokenBatch | torch.Tensor) -> TokenBatch:
         """Check the input and return it as a ``TokenBatch``."""
@@ -314,6 +320,7 @@ class Elmo(nn.Module):
                  keep_sentence_boundaries: bool = False,
                  scalar_mix_parameters: Optional[Sequence[float]] = None) -> None:
         super().__init__()
+        bilm.check_has_elmo_layers()
         self.bilm = bilm
         self.keep_sentence_boundaries = keep_sentence_boundaries
         self.dropout = nn.Dropout(dropout)

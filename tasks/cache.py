@@ -73,6 +73,7 @@ class LayerCache:
 
     def __init__(self, bilm: ElmoBiLM, path: Optional[str] = None, dtype: str = "float32",
                  batch_size: int = 64, progress: bool = False) -> None:
+        bilm.check_has_elmo_layers()
         self.bilm, self.path, self.batch_size, self.progress = bilm, path, batch_size, progress
         self.dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
         self.num_layers, self.dim = bilm.num_layers, bilm.output_dim

@@ -151,6 +151,11 @@ def test_a_model_without_character_projection_is_a_language_model_only(tmp_path)
     ids = batch_to_ids([["<S>", "a", "bc", "</S>"], ["<S>", "de", "</S>"]])
     with pytest.raises(ValueError, match="no character projection"):
         model(ids)
+    from elmo.featurizer import Embedder
+    from tasks.cache import LayerCache
+    for build in (lambda: Elmo(model), lambda: Embedder(model, device="cpu"), lambda: LayerCache(model)):
+        with pytest.raises(ValueError, match="language model only"):
+            build()  # refused before any work
     out = model(ids, add_boundaries=False)
     assert [tuple(x.shape) for x in out.layers] == [(2, 4, 14), (2, 4, 10), (2, 4, 10)]
     # The token layer is the highway output itself: equal to the character encoder's.
