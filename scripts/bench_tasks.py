@@ -39,7 +39,7 @@ from elmo.config import preset  # noqa: E402
 from tasks import ner  # noqa: E402
 from tasks.cache import LayerCache  # noqa: E402
 from tasks.config import resolve_config  # noqa: E402
-from tasks.data import BatchMaker, Vocabulary  # noqa: E402
+from tasks.data import BatchMaker, Symbols  # noqa: E402
 from tasks.encoder import SequenceEncoder  # noqa: E402
 from tasks.train import train  # noqa: E402
 
@@ -47,7 +47,7 @@ def build_head(cfg, bilm, train_data, cache):
     """A fresh NER model (seed 0), its batch maker and its labels, as the training CLI builds them."""
     torch.manual_seed(0)
     labels = ner.setup(train_data, cfg)
-    words = Vocabulary.words([x.tokens for x in train_data], cfg.head.min_word_count)
+    words = Symbols.words([x.tokens for x in train_data], cfg.head.min_word_count)
     model = ner.build(cfg, len(words), labels, bilm)
     maker = BatchMaker(words, labels, need_chars=model.encoder.needs_chars(cache is not None), cache=cache)
     return model, maker, labels

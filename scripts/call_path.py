@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from tasks import ner
     from tasks.cache import LayerCache
     from tasks.config import resolve_config
-    from tasks.data import BatchMaker, Vocabulary
+    from tasks.data import BatchMaker, Symbols
     from tasks.readers import Instance
 
     torch.manual_seed(0)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     train = [Instance(tokens, tags=tags)]
     labels = ner.setup(train, cfg)
     instances = ner.targets(train, cfg)
-    words = Vocabulary.words([x.tokens for x in train]) if cfg.head.word_dim > 0 else None
+    words = Symbols.words([x.tokens for x in train]) if cfg.head.word_dim > 0 else None
     cache = None
     if args.cached:
         cache = LayerCache(bilm, None, "float32", 64, False)

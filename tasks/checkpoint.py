@@ -23,7 +23,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from elmo.io import DiskFullError, atomic_open, write_json_atomic
 from tasks.config import TASKS, TaskConfig
-from tasks.data import Vocabulary
+from tasks.data import Symbols
 from tasks.task import Task
 
 CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, ELMO_DIR = "task_config.json", "vocab.json", "model.pt", "elmo"
@@ -66,7 +66,7 @@ def load_head_state(model: nn.Module, state: dict) -> None:
                          f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
-def save_setup(directory: str, cfg: TaskConfig, words: Optional[Vocabulary], labels: Vocabulary,
+def save_setup(directory: str, cfg: TaskConfig, words: Optional[Symbols], labels: Symbols,
                bilm: Optional[ElmoBiLM]) -> None:
     """Write the config, the vocabularies and the ELMo copy (before training starts)."""
     os.makedirs(directory, exist_ok=True)
@@ -98,8 +98,8 @@ def load_model(directory: str, device: str = "cpu"):
     with _damaged(vocab_path):
         with open(vocab_path, encoding="utf-8") as f:
             vocab = json.load(f)
-        words = Vocabulary(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
-        labels = Vocabulary(vocab["labels"], specials=False)
+        words = Symbols(vocab["words"][2:], specials=True) if vocab["words"] is not None else None
+        labels = Symbols(vocab["labels"], specials=False)
     if cfg.elmo.use:
         with _damaged(os.path.join(directory, ELMO_DIR)):
             bilm = ElmoBiLM.from_pretrained(os.path.join(directory, ELMO_DIR))

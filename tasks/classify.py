@@ -13,7 +13,7 @@ from torch import nn
 
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
-from tasks.data import TaskBatch, Vocabulary
+from tasks.data import TaskBatch, Symbols
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import classification_scores
 from tasks.readers import DataError, Instance, read_classification, read_hf
@@ -60,19 +60,19 @@ def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance
     return instances
 
 
-def setup(train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary:
-    return Vocabulary(sorted({x.label for x in train}), specials=False)
+def setup(train: Sequence[Instance], cfg: TaskConfig) -> Symbols:
+    return Symbols(sorted({x.label for x in train}), specials=False)
 
 
 def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
     return list(instances)
 
 
-def build(cfg: TaskConfig, num_words: int, labels: Vocabulary, bilm: Optional[ElmoBiLM]) -> Classifier:
+def build(cfg: TaskConfig, num_words: int, labels: Symbols, bilm: Optional[ElmoBiLM]) -> Classifier:
     return Classifier(cfg, num_words, len(labels), bilm)
 
 
-def decode(predicted: Sequence[int], labels: Vocabulary, cfg: TaskConfig) -> list[str]:
+def decode(predicted: Sequence[int], labels: Symbols, cfg: TaskConfig) -> list[str]:
     return [labels.items[k] for k in predicted]
 
 

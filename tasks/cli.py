@@ -35,7 +35,7 @@ from tasks.cache import LayerCache
 from tasks.checkpoint import (CONFIG_NAME, ELMO_DIR, VOCAB_NAME, WEIGHTS_NAME, get_task, load_model, save_setup,
                               save_weights)
 from tasks.config import TASKS, TaskConfig, nest, parse_set, resolve_config
-from tasks.data import BatchMaker, Vocabulary
+from tasks.data import BatchMaker, Symbols
 from tasks.metrics import format_conlleval
 from tasks.split import split_classification
 from tasks.train import evaluate, predict, train
@@ -203,7 +203,7 @@ def _train(args: argparse.Namespace, cfg: TaskConfig) -> int:
     labels = task.setup(train_data, cfg)
     train_targets = task.targets(train_data, cfg)
     head = cfg.head
-    words = (Vocabulary.words([x.tokens for x in train_data], head.min_word_count, head.lowercase_words)
+    words = (Symbols.words([x.tokens for x in train_data], head.min_word_count, head.lowercase_words)
              if head.word_dim > 0 else None)
     bilm = _load_elmo(args, cfg)
     if bilm is not None:

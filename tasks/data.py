@@ -20,13 +20,12 @@ from tasks.readers import Instance
 PAD, UNK = "@@PAD@@", "@@UNK@@"
 
 
-class Vocabulary:
+class Symbols:
     """Index <-> string for a task model's words (with padding and unknown entries) or labels
     (without), saved in the model folder's ``vocab.json``.
 
     Not the pretraining vocabulary (``pretrain.vocab.Vocabulary``): that one is the LM's softmax
-    over words, ``<S>``, ``</S>``, ``<UNK>`` first and then by frequency, saved as ``vocab.txt``.
-    The two share a name, not a concept."""
+    over words, ``<S>``, ``</S>``, ``<UNK>`` first and then by frequency, saved as ``vocab.txt``."""
 
     def __init__(self, items: Sequence[str], specials: bool) -> None:
         self.items = ([PAD, UNK] if specials else []) + [x for x in items if x not in (PAD, UNK)]
@@ -37,7 +36,7 @@ class Vocabulary:
 
     @classmethod
     def words(cls, sentences: Sequence[Sequence[str]], min_count: int = 1, lowercase: bool = False
-              ) -> "Vocabulary":
+              ) -> "Symbols":
         counts = Counter(w.lower() if lowercase else w for s in sentences for w in s)
         return cls(sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)),
                    specials=True)
@@ -86,7 +85,7 @@ class BatchMaker:
     ``max_characters``: the width of the character ids, the model's ``max_characters_per_token``
     (``TokenEncoder.char_width``; 50 in every released ELMo)."""
 
-    def __init__(self, words: Optional[Vocabulary], labels: Vocabulary, lowercase: bool = False,
+    def __init__(self, words: Optional[Symbols], labels: Symbols, lowercase: bool = False,
                  need_chars: bool = False, cache=None,
                  max_characters: int = MAX_CHARACTERS_PER_TOKEN) -> None:
         self.words, self.labels, self.lowercase = words, labels, lowercase

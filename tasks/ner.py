@@ -16,7 +16,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import ConditionalRandomField
-from tasks.data import TaskBatch, Vocabulary
+from tasks.data import TaskBatch, Symbols
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2003, read_hf
@@ -63,11 +63,11 @@ def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance
     return instances
 
 
-def setup(train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary:
+def setup(train: Sequence[Instance], cfg: TaskConfig) -> Symbols:
     """Record the data's scheme in ``cfg`` and return the label vocabulary of the model's scheme."""
     cfg.data.scheme = cfg.data.scheme or detect_scheme([x.tags for x in train])
     types = {split_tag(t)[1] for x in train for t in x.tags if t != "O"}
-    return Vocabulary(scheme_labels(sorted(types), cfg.head.tag_scheme), specials=False)
+    return Symbols(scheme_labels(sorted(types), cfg.head.tag_scheme), specials=False)
 
 
 def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
@@ -75,11 +75,11 @@ def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
     return [Instance(x.tokens, tags=convert(x.tags, cfg.head.tag_scheme), source=x.source) for x in instances]
 
 
-def build(cfg: TaskConfig, num_words: int, labels: Vocabulary, bilm: Optional[ElmoBiLM]) -> CrfTagger:
+def build(cfg: TaskConfig, num_words: int, labels: Symbols, bilm: Optional[ElmoBiLM]) -> CrfTagger:
     return CrfTagger(cfg, num_words, labels.items, bilm)
 
 
-def decode(predicted: Sequence[list[int]], labels: Vocabulary, cfg: TaskConfig) -> list[list[str]]:
+def decode(predicted: Sequence[list[int]], labels: Symbols, cfg: TaskConfig) -> list[list[str]]:
     scheme = cfg.data.scheme or "bio"
     return [convert([labels.items[k] for k in p], scheme) for p in predicted]
 

@@ -18,7 +18,7 @@ from torch import nn
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
 from tasks.crf import constraint_scores, viterbi_decode
-from tasks.data import TaskBatch, Vocabulary
+from tasks.data import TaskBatch, Symbols
 from tasks.encoder import Dropout, SequenceEncoder, TokenEncoder
 from tasks.metrics import span_f1
 from tasks.readers import DataError, Instance, read_conll2005_props, read_conll2012_srl
@@ -78,10 +78,10 @@ def read(path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance
     return instances
 
 
-def setup(train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary:
+def setup(train: Sequence[Instance], cfg: TaskConfig) -> Symbols:
     cfg.data.scheme = "bio"
     types = {split_tag(t)[1] for x in train for t in x.tags if t != "O"}
-    return Vocabulary(scheme_labels(sorted(types), "bio"), specials=False)
+    return Symbols(scheme_labels(sorted(types), "bio"), specials=False)
 
 
 def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
@@ -89,11 +89,11 @@ def targets(instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]:
                      source=x.source) for x in instances]
 
 
-def build(cfg: TaskConfig, num_words: int, labels: Vocabulary, bilm: Optional[ElmoBiLM]) -> SrlTagger:
+def build(cfg: TaskConfig, num_words: int, labels: Symbols, bilm: Optional[ElmoBiLM]) -> SrlTagger:
     return SrlTagger(cfg, num_words, labels.items, bilm)
 
 
-def decode(predicted: Sequence[list[int]], labels: Vocabulary, cfg: TaskConfig) -> list[list[str]]:
+def decode(predicted: Sequence[list[int]], labels: Symbols, cfg: TaskConfig) -> list[list[str]]:
     return [[labels.items[k] for k in p] for p in predicted]
 
 

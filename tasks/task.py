@@ -23,7 +23,7 @@ from torch import nn
 
 from elmo import ElmoBiLM
 from tasks.config import TaskConfig
-from tasks.data import Vocabulary
+from tasks.data import Symbols
 from tasks.readers import Instance
 
 
@@ -33,14 +33,14 @@ class Task(Protocol):
 
     def read(self, path: str, cfg: TaskConfig, with_targets: bool = True) -> list[Instance]: ...
 
-    def setup(self, train: Sequence[Instance], cfg: TaskConfig) -> Vocabulary: ...
+    def setup(self, train: Sequence[Instance], cfg: TaskConfig) -> Symbols: ...
 
     def targets(self, instances: Sequence[Instance], cfg: TaskConfig) -> list[Instance]: ...
 
-    def build(self, cfg: TaskConfig, num_words: int, labels: Vocabulary,
+    def build(self, cfg: TaskConfig, num_words: int, labels: Symbols,
               bilm: Optional[ElmoBiLM]) -> nn.Module: ...
 
-    def decode(self, predicted: Sequence[Any], labels: Vocabulary, cfg: TaskConfig) -> list: ...
+    def decode(self, predicted: Sequence[Any], labels: Symbols, cfg: TaskConfig) -> list: ...
 
     def evaluate(self, instances: Sequence[Instance], predictions: Sequence[Any]) -> dict: ...
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tasks.checkpoint import head_state, load_head_state
 from tasks.config import TaskConfig
-from tasks.data import BatchMaker, Vocabulary, num_batches
+from tasks.data import BatchMaker, Symbols, num_batches
 from tasks.readers import Instance
 from tasks.task import Task
 
@@ -45,7 +45,7 @@ def predict(model: nn.Module, instances: Sequence[Instance], maker: BatchMaker, 
 
 
 def evaluate(model: nn.Module, task: Task, instances: Sequence[Instance], maker: BatchMaker,
-             labels: Vocabulary, cfg: TaskConfig, desc: str = "evaluate") -> tuple[dict, list]:
+             labels: Symbols, cfg: TaskConfig, desc: str = "evaluate") -> tuple[dict, list]:
     """(scores, predictions as strings) on gold ``instances``."""
     predictions = task.decode(predict(model, instances, maker, cfg, desc), labels, cfg)
     return task.evaluate(instances, predictions), predictions
@@ -74,7 +74,7 @@ _STALL_REPORTS = {3, 5, 10, 20, 40, 80, 160}  # epochs at which a stall is repor
 
 
 def train(model: nn.Module, task: Task, cfg: TaskConfig, train_targets: Sequence[Instance],
-          dev_data: Sequence[Instance], maker: BatchMaker, labels: Vocabulary, log_path: Optional[str] = None,
+          dev_data: Sequence[Instance], maker: BatchMaker, labels: Symbols, log_path: Optional[str] = None,
           on_best: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
     """Train ``model`` in place and leave it holding the best weights (by the dev metric).
 

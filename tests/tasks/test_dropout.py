@@ -10,7 +10,7 @@ from torch import nn
 
 from tasks import ner
 from tasks.config import resolve_config
-from tasks.data import Vocabulary
+from tasks.data import Symbols
 from tasks.encoder import Dropout, SequenceEncoder
 
 
@@ -56,7 +56,7 @@ def test_evaluation_zero_and_one_and_determinism():
 def test_heads_use_the_configured_rates():
     cfg = resolve_config("ner", {"use_elmo": False, "word_dim": 4, "char_dim": 0, "hidden_dim": 3,
                                  "num_lstm_layers": 2, "dropout": 0.25})
-    model = ner.build(cfg, 10, Vocabulary(["O", "U-PER"], specials=False), None)
+    model = ner.build(cfg, 10, Symbols(["O", "U-PER"], specials=False), None)
     rates = sorted(m.p for m in model.modules() if isinstance(m, Dropout))
     assert rates == [0.0, 0.25, 0.25]  # ELMo's (off for NER), the head's, between the BiLSTM layers
     lstm = SequenceEncoder(4, 3, 2, 0.5).train()
