@@ -6,8 +6,9 @@ gives n = 0, so keys never shift), plus ``sentence_to_index``: a JSON string map
 text to its key.
 
 A line is what lies between two b"\\n": a lone "\\r" inside a line does not split it, and a
-trailing "\\r\\n" is stripped with the other surrounding whitespace. The whole input is checked to
-be UTF-8 before any work (the error names the file, line and byte).
+trailing "\\r\\n" is stripped with the other surrounding whitespace, and so is a byte-order mark
+that starts the file (line 0 reads as it would without it). The whole input is checked to be UTF-8
+before any work (the error names the file, line and byte).
 
 Safety while writing (what ``--resume`` relies on):
 - the output is written to ``OUTPUT.partial`` and renamed when complete;
@@ -36,8 +37,8 @@ import h5py
 import numpy as np
 import torch
 
-from elmo.io import (OutputPathError, check_output, disk_full_as_error, ensure_free_space,
-                     replace_durably)
+from elmo.io import (OutputPathError, check_output, disk_full_as_error, drop_byte_order_mark,
+                     ensure_free_space, replace_durably)
 
 if TYPE_CHECKING:  # pragma: no cover
     from elmo.featurizer import Embedder
@@ -61,14 +62,16 @@ class InputScan(NamedTuple):
 
 
 def decode_line(raw: bytes, path: str, line_number: int) -> str:
-    """One line's bytes -> its text (surrounding whitespace stripped); a ValueError names the
-    file, the 1-based line and the byte when it is not UTF-8."""
+    """One line's bytes -> its text (surrounding whitespace stripped; on line 1, a byte-order mark
+    in front dropped first); a ValueError names the file, the 1-based line and the byte when it is
+    not UTF-8."""
     try:
-        return raw.decode("utf-8").strip()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}, line {line_number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
                          f"column {e.start + 1}); convert the file to UTF-8 first, e.g. "
                          f"iconv -f latin1 -t utf-8") from None
+    return (drop_byte_order_mark(text) if line_number == 1 else text).strip()
 
 
 def read_lines(path: str) -> Iterator[str]:

@@ -9,6 +9,7 @@ One home for the file plumbing of every command (``elmo-embed``, ``elmo-export``
     write_json_atomic(path, data); copy_atomic(src, dst)
     clean_orphans(folder)                                # *.tmp.PID left by a killed process
     ensure_free_space(path, nbytes)                      # before a write that would fill the disk
+    text = drop_byte_order_mark(first_line)              # reading: the U+FEFF some editors put first
 
 A temporary file lives in the destination's folder (so ``os.replace`` is a rename on one file
 system) and is named ``PATH.tmp.PID[suffix]``: the PID tells ``clean_orphans`` whether its writer
@@ -28,7 +29,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, AnyStr, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,6 +60,22 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+# -- reading text files -----------------------------------------------------------------------
+BYTE_ORDER_MARK = "\ufeff"
+
+
+def drop_byte_order_mark(start: AnyStr) -> AnyStr:
+    """``start`` (the text or the bytes a file begins with: its first line or chunk) without the
+    UTF-8 byte-order mark U+FEFF (bytes EF BB BF) in front, if it has one.
+
+    Windows tools (Notepad, Excel's "CSV UTF-8") write one at the start of a file; it is not part
+    of the first word. Every reader of user text calls this on the file's first piece only: a
+    U+FEFF anywhere else is text (a zero-width no-break space) and stays. Only one mark is
+    dropped, as the ``utf-8-sig`` codec does."""
+    mark = BYTE_ORDER_MARK if isinstance(start, str) else b"\xef\xbb\xbf"
+    return start[len(mark):] if start.startswith(mark) else start
 
 
 # -- temporary names and atomic replacement ---------------------------------------------------

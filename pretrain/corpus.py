@@ -8,7 +8,7 @@ held-out part is a separate input, or a fraction of the lines chosen by a hash o
 (so it is the same in every epoch, in streaming mode, and duplicated lines never straddle the
 split). Files are checked before reading: an empty file is skipped with a warning, a file that
 looks binary is an error naming it, and a few bytes that are not UTF-8 anywhere in the file are
-replaced (a warning names the first line).
+replaced (a warning names the first line). A byte-order mark that starts a file is dropped.
 
 ``EncodedCorpus`` holds a corpus in memory as type ids (4 bytes per token); ``StreamingCorpus``
 re-reads the text each epoch for corpora larger than memory.
@@ -26,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from elmo.io import drop_byte_order_mark
 from elmo.tokenize import get_tokenizer
 from pretrain.vocab import WordTable
 
@@ -132,9 +133,11 @@ def check_heldout(specs: Sequence[str]) -> None:
 
 
 def _has_text(path: str) -> bool:
-    """Whether a file has a line that is not blank (reads up to the first one)."""
+    """Whether a file has a line that is not blank (reads up to the first one; a byte-order mark
+    alone is no text)."""
     with open(path, "rb") as f:
-        return any(line.strip() for line in f)
+        first = drop_byte_order_mark(f.readline())
+        return bool(first.strip()) or any(line.strip() for line in f)
 
 
 def is_heldout(line: str, fraction: float) -> bool:
@@ -162,13 +165,14 @@ def text_chunks(path: str, start: int = 0, stop: Optional[int] = None,
     (``check_text_file`` warns about them).
 
     Lines end at ``\n`` only: ``\r\n`` becomes ``\n``, a lone ``\r`` stays inside its line, and a
-    ``\r`` that ends the range is dropped (the end of the file's last line). Every chunk but the
-    range's last ends with ``\n``; ``lines_of`` cuts a chunk into its lines."""
+    ``\r`` that ends the range is dropped (the end of the file's last line). A byte-order mark
+    that starts the file (``start`` 0) is dropped (``elmo.io.drop_byte_order_mark``). Every chunk
+    but the range's last ends with ``\n``; ``lines_of`` cuts a chunk into its lines."""
     if stop is None:
         stop = os.path.getsize(path)
     with open(path, "rb") as f:
         f.seek(start)
-        remaining, carry = stop - start, b""
+        remaining, carry, first = stop - start, b"", start == 0
         while remaining > 0 or carry:
             data = f.read(min(chunk_bytes, remaining)) if remaining > 0 else b""
             remaining -= len(data)
@@ -182,6 +186,8 @@ def text_chunks(path: str, start: int = 0, stop: Optional[int] = None,
             else:
                 carry = b""
             text = data.decode("utf-8", "replace")
+            if first:
+                text, first = drop_byte_order_mark(text), False
             if "\r" in text:
                 text = text.replace("\r\n", "\n")
                 if remaining <= 0 and text.endswith("\r"):

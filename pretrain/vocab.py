@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, MAX_CHARACTERS_PER_TOKEN, word_to_char_ids
-from elmo.io import atomic_open
+from elmo.io import atomic_open, drop_byte_order_mark
 
 UNK_TOKEN = "<UNK>"
 SPECIALS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -69,6 +69,8 @@ class Vocabulary:
     def load(cls, path: str | os.PathLike) -> "Vocabulary":
         with open(path, encoding="utf-8") as f:
             words = [line.rstrip("\n") for line in f]
+        if words:
+            words[0] = drop_byte_order_mark(words[0])
         while words and words[-1] == "":
             words.pop()
         if any(w == "" or any(c.isspace() for c in w) for w in words):

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+from elmo.io import drop_byte_order_mark
 from elmo.tokenize import tokenize
 from tasks.tags import split_tag
 
@@ -61,7 +62,7 @@ def text_lines(path: str) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as e:
                 raise _not_utf8(path, number, raw[e.start], e.start + 1) from None
             if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark
+                line = drop_byte_order_mark(line)
             yield number, line.removesuffix("\n").removesuffix("\r")
 
 
@@ -71,7 +72,7 @@ def read_text(path: str) -> str:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        return raw.decode("utf-8-sig")
+        return drop_byte_order_mark(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         line_start = raw.rfind(b"\n", 0, e.start) + 1
         raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, raw[e.start],

@@ -16,7 +16,7 @@ import os
 import random
 from typing import Callable
 
-from elmo.io import write_text_atomic
+from elmo.io import drop_byte_order_mark, write_text_atomic
 from tasks.readers import DataError
 
 
@@ -54,7 +54,8 @@ def split_classification(path: str, out_dir: str, label_column: str = "label", d
         for label in sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))):
             for name in sorted(os.listdir(os.path.join(path, label))):
                 with open(os.path.join(path, label, name), encoding="utf-8", errors="replace") as f:
-                    rows.append(json.dumps({"text": f.read(), "label": label}, ensure_ascii=False))
+                    text = drop_byte_order_mark(f.read())
+                    rows.append(json.dumps({"text": text, "label": label}, ensure_ascii=False))
         if not rows:
             raise DataError(f"{path}: no class folders with files found")
         parts = _stratified(rows, lambda r: json.loads(r)["label"], dev, test, seed)

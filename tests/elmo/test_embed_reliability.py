@@ -487,6 +487,41 @@ def test_a_lone_carriage_return_does_not_split_a_line(tmp_path, model_dir):
         assert json.loads(f["sentence_to_index"][0]) == {"a b\rc d": "0", "next line": "1"}
 
 
+def test_a_byte_order_mark_starting_the_input_is_not_part_of_line_0(tmp_path, model_dir, monkeypatch):
+    """An input (or --vocab) file that starts with a UTF-8 byte-order mark gives exactly the
+    vectors and sentence keys of the same file without it; a U+FEFF inside a line, or starting a
+    later line, is text and stays in its token."""
+    text = "  w1 w2 w3\nzero\ufeffwidth w4\n\ufeffw5 w6\n\nw7\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_bytes(text.encode())
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    words = "w1\nzero\ufeffwidth\n\ufeffw5\n"
+    (tmp_path / "plain.vocab").write_bytes(words.encode())
+    (tmp_path / "marked.vocab").write_bytes(b"\xef\xbb\xbf" + words.encode())
+    cached = []
+    real = Embedder.cache_vocabulary
+    monkeypatch.setattr(Embedder, "cache_vocabulary",
+                        lambda self, words: cached.append(list(words)) or real(self, words))
+    outs = {}
+    for name, path in (("plain", plain), ("marked", marked)):
+        out = str(tmp_path / f"{name}.hdf5")
+        assert cli.main([str(path), out, "--model", model_dir, "--quiet", "--vocab",
+                         str(tmp_path / f"{name}.vocab")]) == 0
+        outs[name] = out
+    a, b = _read(outs["plain"]), _read(outs["marked"])
+    assert sorted(b) == sorted(a) == ["0", "1", "2", "3", "4"]
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key])
+    assert b["0"].shape == (3, 3, 12) and b["1"].shape == (3, 2, 12) and b["3"].shape == (3, 0, 12)
+    with h5py.File(outs["plain"], "r") as f, h5py.File(outs["marked"], "r") as g:
+        index = json.loads(g["sentence_to_index"][0])
+        assert index == json.loads(f["sentence_to_index"][0])
+    assert index == {"w1 w2 w3": "0", "zero\ufeffwidth w4": "1", "\ufeffw5 w6": "2", "": "3", "w7": "4"}
+    assert cached[1] == cached[0] == ["w1", "zero\ufeffwidth", "\ufeffw5"]
+    # a run made from the marked file resumes as complete (its line lengths are checked)
+    assert cli.main([str(marked), outs["marked"], "--model", model_dir, "--quiet", "--resume"]) == 0
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_a_clean_run(tmp_path, model_dir):
     """A real process killed with SIGKILL 8 times (mid-window, mid-write, at start-up), resumed

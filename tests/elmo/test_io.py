@@ -156,3 +156,15 @@ def test_disk_full_becomes_one_line_naming_path_and_free_space(tmp_path, monkeyp
 def test_format_bytes():
     assert [eio.format_bytes(n) for n in (0, 1023, 1024, 3 * 1024 ** 3, None)] == [
         "0 B", "1023 B", "1.0 KiB", "3.0 GiB", "unknown"]
+
+
+def test_drop_byte_order_mark_removes_one_leading_mark_only():
+    mark = "\ufeff"
+    assert eio.drop_byte_order_mark(mark + "the cat\n") == "the cat\n"
+    assert eio.drop_byte_order_mark(b"\xef\xbb\xbfthe cat\n") == b"the cat\n"
+    assert eio.drop_byte_order_mark(mark + mark + "x") == mark + "x"  # as the utf-8-sig codec
+    assert (mark + mark + "x").encode().decode("utf-8-sig") == mark + "x"
+    for kept in ("the" + mark + "cat", " " + mark + "x", "", "plain"):
+        assert eio.drop_byte_order_mark(kept) == kept
+        assert eio.drop_byte_order_mark(kept.encode()) == kept.encode()
+    assert eio.drop_byte_order_mark(b"\xef\xbb") == b"\xef\xbb"  # a cut-off mark is not one

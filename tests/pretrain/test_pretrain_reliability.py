@@ -243,3 +243,67 @@ def test_a_lone_carriage_return_does_not_split_a_line(tmp_path):
     prepared = PreparedCorpus(str(tmp_path / "prep_crlf"))
     for x, y in zip(prepared.split(0.3)[:2], a):  # a: the LF file at fraction 0.3
         assert sentences(x, prepared.word_table()) == sentences(y, a_table)
+
+
+def test_a_byte_order_mark_starting_a_file_is_not_part_of_the_first_word(tmp_path):
+    """A file that starts with a UTF-8 byte-order mark (Notepad, Excel) reads exactly as the same
+    file without it on every reading path (in memory, streaming, prepared), held-out split
+    included; a U+FEFF inside a line, or starting a later line, is text and stays."""
+    import numpy as np
+
+    from pretrain.corpus import StreamingCorpus, check_heldout, load_corpus
+    from pretrain.prepare import prepare
+    from pretrain.prepared import PreparedCorpus
+    from pretrain.vocab import Vocabulary, WordTable
+
+    lines = toy_sentences(120, seed=7)
+    lines[5] = "zero\ufeffwidth joins inside ."
+    lines[9] = "\ufeffmarked later line ."
+    plain = write_lines(str(tmp_path / "plain.txt"), lines)
+    marked = tmp_path / "marked.txt"
+    marked.write_bytes(b"\xef\xbb\xbf" + open(plain, "rb").read())
+    first = lines[0].split()[0]
+
+    def sentences(corpus, table):
+        return [[table.words[t] for t in corpus[i]] for i in range(len(corpus))]
+
+    for fraction in (0.0, 0.3):
+        a_table, b_table = WordTable(), WordTable()
+        a = load_corpus([plain], None, a_table, "whitespace", fraction)
+        b = load_corpus([str(marked)], None, b_table, "whitespace", fraction)
+        assert b_table.words == a_table.words
+        assert (len(b[1]) > 0) == (fraction > 0)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.ids, y.ids)
+            np.testing.assert_array_equal(x.offsets, y.offsets)
+        got = sentences(b[0], b_table) + sentences(b[1], b_table)
+        assert sorted(got) == sorted(line.split() for line in lines)
+        assert "\ufeff" + first not in b_table.words
+        assert "zero\ufeffwidth" in b_table.words and "\ufeffmarked" in b_table.words
+
+        streams = []
+        for path in (plain, str(marked)):
+            table = WordTable()
+            stream = StreamingCorpus([path], table, "whitespace", fraction, shuffle_buffer=8)
+            stream.scan(None)
+            streams.append([[table.words[t] for t in s] for s in stream.sentences(epoch=0, seed=1)])
+        assert streams[1] == streams[0] and len(streams[0]) == len(a[0])
+        assert sorted(streams[1]) == sorted(sentences(a[0], a_table))
+
+    for name, path in (("plain", plain), ("marked", str(marked))):
+        prepare([path], str(tmp_path / f"prep_{name}"), shard_bytes=300)  # several shards
+    for npy in ("tokens.npy", "offsets.npy", "line_hash.npy", "words.txt", "counts.npy", "chars.npy"):
+        plain_bytes = (tmp_path / "prep_plain" / npy).read_bytes()
+        assert (tmp_path / "prep_marked" / npy).read_bytes() == plain_bytes, npy
+    prepared = PreparedCorpus(str(tmp_path / "prep_marked"))
+    for x, y in zip(prepared.split(0.3)[:2], load_corpus([plain], None, a_table := WordTable(),
+                                                         "whitespace", 0.3)):
+        assert sentences(x, prepared.word_table()) == sentences(y, a_table)
+
+    # A --heldout file holding only a mark and blank lines has no text; a --vocab file with a mark
+    # is the same vocabulary.
+    (tmp_path / "held.txt").write_bytes(b"\xef\xbb\xbf\n\n")
+    with pytest.raises(ValueError, match="no held-out text"):
+        check_heldout([str(tmp_path / "held.txt")])
+    (tmp_path / "vocab.txt").write_text("<S>\n</S>\n<UNK>\nthe\n", encoding="utf-8-sig")
+    assert Vocabulary.load(tmp_path / "vocab.txt").words == ["<S>", "</S>", "<UNK>", "the"]

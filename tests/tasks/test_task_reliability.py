@@ -127,6 +127,67 @@ def test_bad_bytes_name_the_file_and_line_and_a_lone_cr_does_not_split(tmp_path,
     assert [x.tokens for x in read_classification(str(jsonl))] == [["a", "b"], ["c"]]
 
 
+def test_a_byte_order_mark_starting_a_file_is_not_part_of_its_first_token(tmp_path):
+    """Every reader (CoNLL-2003, CoNLL-2012 and -2005 SRL, CSV, JSON-lines, class folders, and
+    elmo-task split's class folders) reads a file that starts with a UTF-8 byte-order mark as the
+    same file without it: the same instances and the same line numbers, in errors too. A U+FEFF
+    inside a line, or starting a later line, is text and stays."""
+    from tasks.readers import read_conll2005_props, read_conll2012_srl
+    from tasks.split import split_classification
+
+    def twins(name, text):
+        """plain/NAME and marked/NAME (the same bytes after a mark)."""
+        paths = []
+        for side, mark in (("plain", b""), ("marked", b"\xef\xbb\xbf")):
+            path = tmp_path / side / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(mark + text.encode())
+            paths.append(str(path))
+        return paths
+
+    def seen(instances, folder):
+        return [(x.tokens, x.tags, x.label, x.predicate, x.sentence, x.source.replace(folder, "DIR"))
+                for x in instances]
+
+    def same(reader, name, text):
+        plain, marked = twins(name, text)
+        a = seen(reader(plain), str(tmp_path / "plain"))
+        assert seen(reader(marked), str(tmp_path / "marked")) == a
+        return a
+
+    ner = same(read_conll2003, "ner.txt", "Ann B-PER\nzero\ufeffwidth O\n\n\ufeffBob B-PER\n")
+    assert [x[0] for x in ner] == [["Ann", "zero\ufeffwidth"], ["\ufeffBob"]]
+    assert [x[5] for x in ner] == ["DIR/ner.txt:1", "DIR/ner.txt:4"]
+    row = "d 0 {} w{} NN * - - - - * {} -\n"
+    srl = same(read_conll2012_srl, "x.gold_conll",
+               "#begin document (d); part 000\n" + row.format(0, 0, "(ARG0*)") + row.format(1, 1, "(V*)")
+               + "\n#end document\n")
+    assert [(x[0], x[1], x[3]) for x in srl] == [(["w0", "w1"], ["B-ARG0", "B-V"], 1)]
+    props = same(read_conll2005_props, "props.txt", "The - (A0*\ncat - *)\nsat sit (V*)\n")
+    assert props[0][:2] == (["The", "cat", "sat"], ["B-A0", "I-A0", "B-V"])
+    csv_rows = same(read_classification, "c.csv", "text,label\na \ufefffine film,1\ndull .,0\n")
+    assert [(x[0], x[2], x[5]) for x in csv_rows] == [(["a", "\ufefffine", "film"], "1", "DIR/c.csv: row 2"),
+                                                      (["dull", "."], "0", "DIR/c.csv: row 3")]
+    jsonl = same(read_classification, "j.jsonl",
+                 '{"text": "good", "label": 1}\n{"text": "\ufeffbad", "label": 0}\n')
+    assert [x[0] for x in jsonl] == [["good"], ["\ufeffbad"]]
+    twins("folder/neg/1.txt", "a \ufeff inside stays\n")
+    twins("folder/pos/2.txt", "great fun\n")
+    folders = [seen(read_classification(str(tmp_path / side / "folder")), str(tmp_path / side))
+               for side in ("plain", "marked")]
+    assert folders[1] == folders[0]
+    assert [(x[0], x[2]) for x in folders[0]] == [(["a", "\ufeff", "inside", "stays"], "neg"),
+                                                  (["great", "fun"], "pos")]
+    parts = [split_classification(str(tmp_path / side / "folder"), str(tmp_path / f"split_{side}"), dev=0.0,
+                                  test=0.0) for side in ("plain", "marked")]
+    assert open(parts[1]["train"], "rb").read() == open(parts[0]["train"], "rb").read()
+
+    plain, marked = twins("bad.txt", "Ann B-PER\nwent O\nto O extra\n")
+    for path in (plain, marked):  # line numbers are unchanged
+        with pytest.raises(DataError, match=r"bad.txt:3: "):
+            read_conll2003(path)
+
+
 def test_labels_never_seen_in_training_are_reported(tmp_path, caplog):
     from tasks.cli import _warn_unseen
     from tasks.readers import Instance
