@@ -1,9 +1,10 @@
 """The character encoder of ELMo (Peters et al. 2018, sec. 3.4; Kim et al. 2016).
 
 char ids (B, T, C) -> char embedding (B, T, C, e) -> convolutions of several widths over the C
-characters, max-pooled over positions and passed through the activation (relu or tanh) -> highway layers (relu) ->
-linear projection to the biLM's input size P. Only real tokens (char id row not all zero) are
-encoded; padding positions come out as zeros and cost nothing.
+characters, max-pooled over positions and passed through the activation (relu or tanh) ->
+highway layers (relu) -> linear projection to the biLM's input size P (left out with
+``char_cnn.projection`` false). Only real tokens (char id row not all zero) are encoded; padding
+positions come out as zeros and cost nothing.
 """
 
 from __future__ import annotations
