@@ -103,7 +103,7 @@ class ElmoBiLM(nn.Module):
         super().__init__()
         self.config = config
         self.char_cnn = CharCNN(config.char_cnn, config.bilm.projection_dim)
-        self.bilm = BiLM(config.bilm, input_dim=config.token_dim)
+        self.bilm = BiLM(config.bilm, input_dim=self.char_cnn.output_dim)
         bos, eos = bos_eos_char_ids(config.char_cnn.max_characters_per_token)
         self.register_buffer("boundary_chars", torch.from_numpy(np.stack([bos, eos])), persistent=False)
         self.stateful = False
