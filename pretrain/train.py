@@ -381,7 +381,7 @@ class Trainer:
         ckpt_every = tc.checkpoint_every or max(1, self.total_steps // 10)
         if self.step == 0 and tc.eval_at_start:
             self.evaluate()  # the curve's starting point
-        previous = _defer_sigint(self)
+        previous = _defer_stop_signals(self)
         bar = _progress(self.total_steps, self.step, tc.progress and self.info.is_main)
         t_log, tok_log, n_losses = time.perf_counter(), self.tokens, 0
         self._interval_loss.zero_()
@@ -426,8 +426,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         stopped = self.step < self.total_steps
         if stopped:
             logger.info("stopped at step %d; saving a checkpoint (resume with --resume)", self.step)
@@ -459,18 +459,24 @@ class Trainer:
         return self.stop_agreed or (self.stop_requested and not self.info.active)
 
 
-def _defer_sigint(trainer: Trainer):
-    """Make the first Ctrl-C request a stop at the end of the step; the second one interrupts."""
+def _defer_stop_signals(trainer: Trainer) -> dict:
+    """Make the first Ctrl-C (SIGINT) or SIGTERM (what schedulers such as SLURM send before they kill
+    a job) request a stop at the end of the step; a second one interrupts. Returns the handlers
+    replaced, for ``fit`` to put back."""
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
         trainer.stop_requested = True
-        logger.warning("Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        logger.warning("%s: finishing this step and saving a checkpoint (again to abort)", name)
 
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        return None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: leave the signals alone
+            break
+    return previous
 
 
 def _logging_through(bar):

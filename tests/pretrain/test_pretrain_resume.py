@@ -27,11 +27,11 @@ def config(mode, streaming=False):
         train={"max_steps": STEPS, "checkpoint_every": 4, "log_every": 1, "eval_every": 100})
 
 
-def record(losses, stop_at=None, crash_at=None):
+def record(losses, stop_at=None, crash_at=None, stop_signal=signal.SIGINT):
     def callback(trainer, metrics):
         losses[metrics["step"]] = metrics["loss"]
         if metrics["step"] == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: finish the step, checkpoint, stop
+            os.kill(os.getpid(), stop_signal)  # a real Ctrl-C / SIGTERM: finish the step, checkpoint, stop
         if metrics["step"] == crash_at:
             raise RuntimeError("simulated crash")  # no checkpoint: resume from the last periodic one
     return callback
@@ -68,6 +68,24 @@ def test_resume_follows_the_same_loss_curve(tmp_path, mode, streaming):
     held_a = json.loads((tmp_path / "a" / "results.json").read_text())["heldout"]
     held_b = json.loads(open(os.path.join(b, "results.json")).read())["heldout"]
     assert held_a == pytest.approx(held_b, rel=1e-6)
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_handlers_are_put_back(tmp_path):
+    # What a scheduler (SLURM, Kubernetes) sends before it kills a job: the step ends, a checkpoint
+    # is written, and the run resumes on the uninterrupted curve.
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(60))
+    cfg = config("window").with_override("train.max_steps=6")
+    full = {}
+    run(cfg, [corpus], str(tmp_path / "a"), callback=record(full))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    b, part = str(tmp_path / "b"), {}
+    summary = run(cfg, [corpus], b, callback=record(part, stop_at=3, stop_signal=signal.SIGTERM))
+    assert summary["completed"] is False and summary["step"] == 3
+    assert [s for s, _ in list_checkpoints(b)] == [3]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    summary = run(cfg, [corpus], b, resume=True, callback=record(part))
+    assert summary["completed"] is True and sorted(part) == list(range(1, 7))
+    assert max(abs(full[k] - part[k]) for k in full) < 1e-6
 
 
 def test_a_second_run_into_the_same_directory_needs_resume(tmp_path):
