@@ -19,9 +19,10 @@ faster on CPU than one against a transposed (4H, P) weight.
 ``Lstm.step`` is the readable form: the packed loop of every stepped cell
 (``elmo.cells.base.SteppedLayer``) runs it one time step at a time, for the n rows still running
 (rows are sorted by length, so padding costs nothing and never changes a row's state). It runs
-with a recurrent regularizer or a deep transition, and in the peephole and CIFG variants. The
-plain cell (``runs_fused``) computes the same function through ``elmo.kernels`` instead: a fused
-loop over both directions with a hand-written backward and prepared GEMMs.
+with a deep transition, in the peephole and CIFG variants, and under ``torch.compile``. The
+original cell (``runs_fused``: no deep transition; any recurrent regularizer) computes the same
+function through ``elmo.kernels`` instead: a fused loop over both directions with a hand-written
+backward and prepared GEMMs, with the same dropout masks.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ class Lstm(SteppedLayer):
 
     @property
     def runs_fused(self) -> bool:
-        """Whether ``elmo.kernels.LstmKernels`` computes this layer: the original cell, with no
-        recurrent regularizer and no deep transition. Variants that change ``step`` say False."""
-        return self.recurrent_dropout_kind is None and len(self.transition_weights) == 0
+        """Whether ``elmo.kernels.LstmKernels`` computes this layer: the original cell with no
+        deep transition, with or without a recurrent regularizer (the kernels apply the same
+        masks). Variants that change ``step`` say False."""
+        return len(self.transition_weights) == 0
 
     def effective_bias(self) -> torch.Tensor:
         """The stored bias with FORGET_BIAS added to the forget gate's block, (G,)."""
@@ -97,7 +99,7 @@ class Lstm(SteppedLayer):
         if not self.runs_fused or torch.compiler.is_compiling():  # (see LstmKernels.fuses)
             return super().forward(inputs, batch_sizes, state, masks)
         state = self._start(inputs, batch_sizes, state)
-        return LstmKernels().run([self], [inputs], batch_sizes, [state])[0]
+        return LstmKernels().run([self], [inputs], batch_sizes, [state], [masks])[0]
 
     # -- the step, for the packed loop of elmo.cells.base -----------------------------------------
     def precompute(self, x: torch.Tensor) -> torch.Tensor:

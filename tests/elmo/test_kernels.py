@@ -105,7 +105,9 @@ def test_copies_carry_the_choice_not_the_prepared_weights():
     assert repr(model.bilm.kernels) == "LstmKernels(gemm='plain')"
 
 
-def test_only_the_plain_lstm_is_fused():
+def test_only_the_original_lstm_is_fused():
+    """The original cell, with or without a recurrent regularizer (tests/elmo/
+    test_kernels_regularizers.py); not a deep transition or another variant."""
     from elmo.cells import CifgLstm, PeepholeLstm
     from elmo.lstm import Lstm
 
@@ -114,8 +116,9 @@ def test_only_the_plain_lstm_is_fused():
     assert run.fuses([plain, Lstm(4, 6, 3)])
     assert not run.fuses([plain, Lstm(4, 6, 3, proj_clip=1.0)])  # one loop needs equal clips
     assert not run.fuses([plain, Lstm(4, 6, 3).double()])
-    for other in (Lstm(4, 6, 3, recurrent_dropout_kind="variational", recurrent_dropout=0.1),
-                  Lstm(4, 6, 3, transition_depth=2), PeepholeLstm(4, 6, 3), CifgLstm(4, 6, 3)):
+    assert not run.fuses([plain, Lstm(4, 6, 3, recurrent_dropout_kind="variational",
+                                      recurrent_dropout=0.1)])  # nor equal regularizers
+    for other in (Lstm(4, 6, 3, transition_depth=2), PeepholeLstm(4, 6, 3), CifgLstm(4, 6, 3)):
         assert not run.fuses([other]) and not other.runs_fused
 
 
