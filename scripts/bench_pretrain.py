@@ -125,7 +125,12 @@ def worker_peer_shape(spec: dict) -> dict:
 
 
 def worker_train_step(spec: dict) -> dict:
-    """Our full training step in window mode on synthetic Zipf text with a ``vocab``-word vocabulary."""
+    """Our full training step in window mode on synthetic Zipf text with a ``vocab``-word vocabulary.
+
+    ``batch``, ``window``, ``softmax``, ``samples`` and ``precision`` override the preset's (None:
+    the preset's own), then the ``sets`` ("FIELD=VALUE") in order. ``loop`` "stepped" runs every
+    LSTM layer through the stepped reference loop of elmo.cells.base instead of the fused kernels
+    (scripts/bench_lstm_loop.py); the result also lists every step's loss."""
     import torch
 
     from pretrain.batches import WindowBatcher
@@ -136,29 +141,38 @@ def worker_train_step(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
+    if spec.get("loop", "fused") == "stepped":
+        from elmo.lstm import Lstm
+
+        Lstm.runs_fused = False  # this process only: the reference loop, for an A/B comparison
     config = pretrain_preset(spec["config"])
-    for assignment in (f"data.batch_size={spec['batch']}", f"data.window={spec['window']}",
-                       f"softmax.kind={spec['softmax']}", f"softmax.num_samples={spec['samples']}",
-                       f"train.precision={spec['precision']}", "train.max_steps=1000000"):
+    fields = {"data.batch_size": spec.get("batch"), "data.window": spec.get("window"),
+              "softmax.kind": spec.get("softmax"), "softmax.num_samples": spec.get("samples"),
+              "train.precision": spec.get("precision")}
+    for assignment in ([f"{k}={v}" for k, v in fields.items() if v is not None]
+                       + ["train.max_steps=1000000", *spec.get("sets", ())]):
         config = config.with_override(assignment)
-    table, corpus = synthetic_corpus(spec["vocab"], (2 + spec["steps"]) * spec["batch"] * spec["window"] + 1000)
+    rows, window = config.data.batch_size, config.data.window
+    table, corpus = synthetic_corpus(spec["vocab"], (2 + spec["steps"]) * rows * window + 1000)
     torch.manual_seed(0)
     lm = BidirectionalLM(config.model, len(table.vocab), config.softmax)
-    batcher = WindowBatcher(corpus, table, spec["batch"], spec["window"], seed=0)
+    batcher = WindowBatcher(corpus, table, rows, window, seed=0)
     trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=device))
-    times, cpu = [], []
+    times, cpu, losses = [], [], []
     for i in range(1 + spec["steps"]):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        trainer.train_step(batcher.next_batch())
+        metrics = trainer.train_step(batcher.next_batch())
         _sync(device)
         if i >= 1:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    tokens = spec["batch"] * spec["window"]
+        losses.append(metrics["loss"])  # (read after the clock: it waits for the device)
+    tokens = rows * window
     return {"tokens_per_s": tokens / statistics.median(times), "best": tokens / min(times),
-            "cpu_ms": 1000 * statistics.median(cpu), "tokens": tokens, "peak_mib": peak_mib(spec["device"]),
-            "softmax_kind": lm.softmax.kind}
+            "cpu_ms": 1000 * statistics.median(cpu), "ms_per_step": 1000 * statistics.median(times),
+            "tokens": tokens, "peak_mib": peak_mib(spec["device"]), "softmax_kind": lm.softmax.kind,
+            "losses": losses, "fused": [bool(m.runs_fused) for m in lm.modules() if hasattr(m, "runs_fused")]}
 
 
 # -- the GPU training step (scripts/gpu_check.sh) ---------------------------------------------------

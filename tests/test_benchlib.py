@@ -165,8 +165,28 @@ def test_bench_embed_and_pretrain_write_their_sections(tmp_path, capsys):
     assert text.index("bench:embed-cpu") < text.index("bench:pretrain-cpu")  # appended in run order
 
 
+def test_bench_lstm_loop_compares_the_loops_on_the_same_losses(tmp_path, capsys):
+    """Fused and stepped LSTM loops in interleaved fresh processes: the row has both times, their
+    ratio, and the two loops' losses agree (float32; the same function)."""
+    page = tmp_path / "benchmarks.md"
+    loop = _load("bench_lstm_loop")
+    assert loop.main(["--config", "tiny", "--kinds", "zoneout", "--pairs", "1", "--steps", "1", "--vocab", "500",
+                      "--set", "data.batch_size=4", "--set", "data.window=6", "--markdown", str(page)]) == 0
+    printed = capsys.readouterr().out
+    section = _section(page.read_text(), "lstm-loop")
+    line = next(line for line in section.splitlines() if line.startswith("| zoneout | 0.1 |"))
+    assert line in printed and "preset tiny (24 tokens a step; data.batch_size=4, data.window=6)" in section
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    fused_ms, stepped_ms = float(cells[2]), float(cells[3])
+    assert fused_ms > 0 and stepped_ms > 0 and cells[6].endswith("x") and float(cells[6][:-1]) > 0
+    assert float(cells[-1]) < 1e-4  # max loss difference of the two loops
+    with pytest.raises(SystemExit) as stop:
+        loop.main(["--kinds", "zoneout", "variational", "--rates", "0.1"])
+    assert stop.value.code == 2 and "--rates: 1 rates for 2 kinds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script", ["bench_embed", "bench_pretrain", "bench_tasks", "bench_cells", "bench_data",
-                                    "bench_datasets", "gpu_check"])
+                                    "bench_datasets", "gpu_check", "bench_lstm_loop"])
 def test_an_unusable_markdown_file_is_refused_before_measuring(script, tmp_path, capsys):
     bench = _load(script)
     for argv, message in ([["--markdown", str(tmp_path / "no" / "b.md")], "does not exist"],
