@@ -170,8 +170,9 @@ def test_bench_lstm_loop_compares_the_loops_on_the_same_losses(tmp_path, capsys)
     ratio, and the two loops' losses agree (float32; the same function)."""
     page = tmp_path / "benchmarks.md"
     loop = _load("bench_lstm_loop")
-    assert loop.main(["--config", "tiny", "--kinds", "zoneout", "--pairs", "1", "--steps", "1", "--vocab", "500",
-                      "--set", "data.batch_size=4", "--set", "data.window=6", "--markdown", str(page)]) == 0
+    assert loop.main(["--config", "tiny", "--kinds", "zoneout", "--runs", "1", "--steps", "1", "--check-steps", "3",
+                      "--vocab", "500", "--set", "data.batch_size=4", "--set", "data.window=6",
+                      "--markdown", str(page)]) == 0
     printed = capsys.readouterr().out
     section = _section(page.read_text(), "lstm-loop")
     line = next(line for line in section.splitlines() if line.startswith("| zoneout | 0.1 |"))
@@ -180,6 +181,7 @@ def test_bench_lstm_loop_compares_the_loops_on_the_same_losses(tmp_path, capsys)
     fused_ms, stepped_ms = float(cells[2]), float(cells[3])
     assert fused_ms > 0 and stepped_ms > 0 and cells[6].endswith("x") and float(cells[6][:-1]) > 0
     assert float(cells[-1]) < 1e-4  # max loss difference of the two loops
+    assert "1 fresh processes per regularizer, each 1 steps per loop" in section
     with pytest.raises(SystemExit) as stop:
         loop.main(["--kinds", "zoneout", "variational", "--rates", "0.1"])
     assert stop.value.code == 2 and "--rates: 1 rates for 2 kinds" in capsys.readouterr().err
