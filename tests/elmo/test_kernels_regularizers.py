@@ -47,7 +47,7 @@ def _flat(result):
 
 def _grads(results, inputs, seed=5):
     g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(r.shape, generator=g, dtype=torch.float64).to(r.dtype) for r in results]
+    weights = [torch.randn(r.shape, generator=g, dtype=torch.float64).to(r.device, r.dtype) for r in results]
     return torch.autograd.grad(sum((r * w).sum() for r, w in zip(results, weights)), inputs)
 
 
@@ -251,3 +251,26 @@ def test_bilm_loss_and_gradients_do_not_depend_on_the_loop(kind, monkeypatch):
     torch.manual_seed(99)  # another seed, other masks: the loss changes (the masks are used)
     assert abs(sum((x * w).sum() for x, w in zip(model(ids).layers, weights)).item()
                - loss_s.item()) > 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_fused_loop_equals_the_cpu_one(kind):
+    """On CUDA the fused loop (plain products) applies the same masks: equal outputs, states and
+    gradients to the CPU's in float64."""
+    layer = _layer(kind, ACTIVE_CLIPS).train()
+    x, h0, c0 = _inputs()
+    bs = batch_sizes_from_lengths(LENGTHS)
+    masks = layer.sample_masks(x.shape[0], x.shape[1])
+    cpu = _flat(layer(x, bs, (h0, c0), masks=masks))
+    cpu_grads = _grads(cpu, (x, h0, c0, *layer.parameters()))
+    gpu_layer = _layer(kind, ACTIVE_CLIPS).cuda().train()
+    gpu_layer.load_state_dict(layer.state_dict())
+    xg, hg, cg = (t.detach().cuda().requires_grad_() for t in (x, h0, c0))
+    gpu_masks = DropoutMasks(*(m if m is None else tuple(z.cuda() for z in m) if isinstance(m, tuple)
+                               else m.cuda() for m in masks))
+    gpu = _flat(gpu_layer(xg, bs, (hg, cg), masks=gpu_masks))
+    assert all(t.is_cuda for t in gpu)
+    assert _max_diff([t.cpu() for t in gpu], cpu) <= 1e-10
+    gpu_grads = _grads(gpu, (xg, hg, cg, *gpu_layer.parameters()))
+    assert _max_diff([g.cpu() for g in gpu_grads], cpu_grads) <= 1e-10
