@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -157,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
+    from pretrain.lm import describe_perplexities
     from pretrain.run import run
 
     try:
@@ -177,8 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     held = summary.get("heldout")
     if held:
+        backward = held["backward_perplexity"]
         print(f"held-out perplexity ({held['tokens_per_direction']:,} tokens per direction): "
-              f"forward {held['forward_perplexity']:.2f}, backward {held['backward_perplexity']:.2f}; "
+              f"{describe_perplexities(held['forward_perplexity'], math.nan if backward is None else backward)}; "
               f"unigram baseline {held['unigram_perplexity_forward_targets']:.2f}")
     print(f"model written to {args.out} (load with ElmoBiLM.from_pretrained or elmo-embed --model)")
     return 0

@@ -101,7 +101,7 @@ def _cat(tensors: list) -> torch.Tensor:
 def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None,
              directions: str = "both") -> dict:
     """Exact (full-softmax) mean loss and perplexity per direction over sentence-mode batches
-    (a direction not run counts no targets: loss 0)."""
+    (a direction not run counts no targets: its loss and perplexity are NaN)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -119,10 +119,18 @@ def evaluate(model: BidirectionalLM, batches, max_batches: Optional[int] = None,
 
 
 def perplexities(sums: torch.Tensor, counts: torch.Tensor) -> dict:
-    loss = (sums / counts.clamp(min=1)).tolist()
+    """Mean loss and perplexity per direction; NaN for a direction that counted no targets."""
+    loss = [s / c if c else math.nan for s, c in zip(sums.tolist(), counts.tolist())]
     return {"forward_loss": loss[0], "backward_loss": loss[1],
             "forward_ppl": math.exp(loss[0]), "backward_ppl": math.exp(loss[1]),
             "tokens": int(counts[0])}
+
+
+def describe_perplexities(forward: float, backward: float) -> str:
+    """'forward 99.71, backward 101.20' for log lines; a direction not trained (NaN) says so."""
+    if math.isnan(backward):
+        return f"forward {forward:.2f} (forward LM only)"
+    return f"forward {forward:.2f}, backward {backward:.2f}"
 
 
 def unigram_log_probs(target_counts: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from pretrain.recipe import count_parameters, fix_identity_projection, init_unif
 from pretrain.distributed import DistInfo, barrier, broadcast_object, setup
 from pretrain.evaluate import StreamEvaluator
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
-from pretrain.lm import BidirectionalLM, unigram_log_probs, unigram_perplexity
+from pretrain.lm import BidirectionalLM, describe_perplexities, unigram_log_probs, unigram_perplexity
 from pretrain.plot import plot_curves
 from pretrain.prepared import (IMPLICIT_DIR, PreparedSentences, adopt_tokenizer, open_for_training,
                                prepare_for_run, prepared_train_dir)
@@ -249,15 +249,16 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
         if completed and held_batches:
             result = trainer.evaluate()
             unigram = unigram_perplexity(unigram_log_probs(target_counts), held_batches)
+            backward = result["backward_ppl"]  # NaN when only the forward LM was trained
             summary["heldout"] = {
                 "tokens_per_direction": result["tokens"],
                 "forward_perplexity": result["forward_ppl"],
-                "backward_perplexity": result["backward_ppl"],
+                "backward_perplexity": None if math.isnan(backward) else backward,
                 "unigram_perplexity_forward_targets": unigram["forward_ppl"],
                 "unigram_perplexity_backward_targets": unigram["backward_ppl"]}
-            logger.info("held-out perplexity: forward %.2f, backward %.2f; unigram baseline %.2f "
-                        "(%d tokens per direction)", result["forward_ppl"], result["backward_ppl"],
-                        unigram["forward_ppl"], result["tokens"])
+            logger.info("held-out perplexity: %s; unigram baseline %.2f (%d tokens per direction)",
+                        describe_perplexities(result["forward_ppl"], backward), unigram["forward_ppl"],
+                        result["tokens"])
         summary["seconds"] = round(time.time() - t_start, 1)
         if completed:
             write_json_atomic(os.path.join(out_dir, RESULTS_NAME), summary)

@@ -47,7 +47,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.config import OptimConfig, PretrainConfig
 from pretrain.recipe import Plateau
 from pretrain.distributed import DistInfo, all_reduce_sum, gather_objects
-from pretrain.lm import BidirectionalLM, evaluate
+from pretrain.lm import BidirectionalLM, describe_perplexities, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -368,8 +368,8 @@ class Trainer:
         self.last_eval = result
         self.metrics.write({"step": self.step, "tokens": self.tokens,
                             **{f"heldout_{k}": v for k, v in result.items()}})
-        logger.info("step %d held-out perplexity: forward %.2f, backward %.2f (%d tokens)", self.step,
-                    result["forward_ppl"], result["backward_ppl"], result["tokens"])
+        logger.info("step %d held-out perplexity: %s (%d tokens)", self.step,
+                    describe_perplexities(result["forward_ppl"], result["backward_ppl"]), result["tokens"])
         return result
 
     # -- the loop -------------------------------------------------------------------------------

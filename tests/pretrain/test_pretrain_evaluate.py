@@ -140,3 +140,27 @@ def test_a_checkpoint_evaluates_like_the_model_it_was_saved_with(random_run, tmp
     from_checkpoint = evaluate_json(capsys, last, "--data", path)
     for key in ("forward_loss", "backward_loss", "tokens"):
         assert from_checkpoint[key] == pytest.approx(ours[key], abs=1e-7), key
+
+
+def test_a_forward_only_training_reports_no_backward_perplexity(tmp_path, capsys):
+    """results.json stays strict JSON (null, not NaN) and the summary line says the backward LM
+    was not trained, instead of printing 'backward nan' (the PTB run's last line before)."""
+    from pretrain.lm import perplexities
+    corpus = write_lines(str(tmp_path / "train.txt"), toy_sentences(40))
+    held = write_lines(str(tmp_path / "held.txt"), toy_sentences(6, seed=3))
+    config = tmp_path / "config.json"
+    tiny_pretrain_config(softmax={"kind": "full"},
+                         train={"eval_at_start": False, "directions": "forward"}).save(config)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["--train", corpus, "--heldout", held, "--out", str(out), "--config", str(config),
+                 "--max-steps", "2", "--no-progress", "--log-level", "WARNING"]) == 0
+    printed = capsys.readouterr().out
+    assert "(forward LM only)" in printed and "nan" not in printed, printed
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text
+    held_out = json.loads(text)["heldout"]
+    assert held_out["backward_perplexity"] is None and held_out["forward_perplexity"] > 1.0
+    # a direction that counted no targets: NaN, not exp(0) = 1
+    res = perplexities(torch.tensor([6.0, 0.0], dtype=torch.float64), torch.tensor([3, 0]))
+    assert res["forward_ppl"] == pytest.approx(math.exp(2.0)) and math.isnan(res["backward_ppl"])
