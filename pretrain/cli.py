@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -179,9 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     held = summary.get("heldout")
     if held:
-        backward = held["backward_perplexity"]
         print(f"held-out perplexity ({held['tokens_per_direction']:,} tokens per direction): "
-              f"{describe_perplexities(held['forward_perplexity'], math.nan if backward is None else backward)}; "
+              f"{describe_perplexities(held['forward_perplexity'], held['backward_perplexity'])}; "
               f"unigram baseline {held['unigram_perplexity_forward_targets']:.2f}")
     print(f"model written to {args.out} (load with ElmoBiLM.from_pretrained or elmo-embed --model)")
     return 0

@@ -126,9 +126,10 @@ def perplexities(sums: torch.Tensor, counts: torch.Tensor) -> dict:
             "tokens": int(counts[0])}
 
 
-def describe_perplexities(forward: float, backward: float) -> str:
-    """'forward 99.71, backward 101.20' for log lines; a direction not trained (NaN) says so."""
-    if math.isnan(backward):
+def describe_perplexities(forward: float, backward: Optional[float]) -> str:
+    """'forward 99.71, backward 101.20' for log lines; a direction not trained (NaN or None, as in
+    results.json) says so."""
+    if backward is None or math.isnan(backward):
         return f"forward {forward:.2f} (forward LM only)"
     return f"forward {forward:.2f}, backward {backward:.2f}"
 
