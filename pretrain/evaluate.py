@@ -230,9 +230,7 @@ def evaluate_text(lm: BidirectionalLM, vocab: Vocabulary, files: Sequence[str], 
     elif mode == "sentence":
         stream = StreamEvaluator(corpus, table, 1, 1)  # only for the word counts
         result = evaluate(lm, eval_batches(corpus, table, batch_size, 10_000), directions=directions)
-        result.update(words=stream.num_words, oov_words=stream.oov_words)
-        if directions == "forward":
-            result.update(backward_loss=float("nan"), backward_ppl=float("nan"))
+        result.update(words=stream.num_words, oov_words=stream.oov_words)  # an unrun direction: NaN
     else:
         raise ValueError(f"--mode must be stream or sentence, got {mode!r}")
     result.update(mode=mode, sentences=len(corpus), vocab_size=len(vocab))
