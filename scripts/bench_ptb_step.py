@@ -21,15 +21,13 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from pretrain.batches import WindowBatcher  # noqa: E402
-from pretrain.config import PTB_PRESETS, pretrain_preset  # noqa: E402
-from pretrain.corpus import load_corpus  # noqa: E402
-from pretrain.distributed import DistInfo  # noqa: E402
-from pretrain.lm import BidirectionalLM  # noqa: E402
-from pretrain.train import Trainer  # noqa: E402
-from pretrain.vocab import Vocabulary, WordTable  # noqa: E402
+from pretrain.batches import WindowBatcher
+from pretrain.config import PTB_PRESETS, pretrain_preset
+from pretrain.corpus import load_corpus
+from pretrain.distributed import DistInfo
+from pretrain.lm import BidirectionalLM
+from pretrain.train import Trainer
+from pretrain.vocab import Vocabulary, WordTable
 
 
 def main(argv=None) -> int:
