@@ -179,7 +179,8 @@ class LstmKernels:
             return False
         signature = {(layer.input_dim, layer.hidden_dim, layer.projection_dim, layer.cell_clip,
                       layer.proj_clip, layer.recurrent_dropout_kind, layer.recurrent_dropout,
-                      layer.training, layer.state_weight.dtype, layer.state_weight.device)
+                      layer.training, layer.state_weight.dtype, layer.state_weight.device,
+                      layer.skips_projection)
                      for layer in layers}
         return len(signature) == 1
 
@@ -221,7 +222,9 @@ class LstmKernels:
             bias = torch.stack([layer.effective_bias() for layer in layers]).to(mm_dt).unsqueeze(1)
             x_proj = torch.baddbmm(bias, x, w_x).view(D, T, B, H4)  # all steps in one matmul
             w_h = torch.stack([layer.state_weight for layer in layers])  # (D, P, 4H)
-            w_p = torch.stack([layer.projection_weight for layer in layers])  # (D, H, P)
+            # (D, H, P); None when W_p is the frozen identity (the product is skipped)
+            w_p = None if first.skips_projection else \
+                torch.stack([layer.projection_weight for layer in layers])
             # Under autocast the input projection above may run in reduced precision; the
             # recurrence runs in the weights' dtype (recasting W_h at every step would cost more
             # than it saves).
@@ -242,10 +245,11 @@ class LstmKernels:
             out = out * reg.output.unsqueeze(1)
         return [(out[d], (h[d], c[d])) for d in range(D)]
 
-    def _inference_products(self, layers: Sequence, rows: int) -> tuple[Products, Products]:
+    def _inference_products(self, layers: Sequence, rows: int) -> tuple[Products, Optional[Products]]:
         """The recurrent products for inference, prepared once per group of layers and reused
         while the same weight tensors (by storage, shape, dtype and device) run the same row
-        count (one entry per group: the latest row count)."""
+        count (one entry per group: the latest row count). The projection's is None when W_p is
+        the frozen identity."""
         weights = [w for layer in layers for w in (layer.state_weight, layer.projection_weight)]
         group = tuple(id(layer) for layer in layers)
         key = (rows, tuple((w.data_ptr(), w.shape, w.dtype, w.device) for w in weights))
@@ -254,6 +258,7 @@ class LstmKernels:
             return cached[1]
         gemm = self.gemm_for(weights[0])
         products = (Products([layer.state_weight.detach() for layer in layers], rows, gemm),
+                    None if layers[0].skips_projection else
                     Products([layer.projection_weight.detach() for layer in layers], rows, gemm))
         self._prepared[group] = (key, products)
         return products
@@ -298,7 +303,8 @@ def _at(weight, t: int, rows: int):
 def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_clip, save: bool,
                 reg: _Regularizer = _Regularizer()):
     """The time loop: x_proj (D, T, B, 4H) holds x W_x + b; h0 (D, B, P), c0 (D, B, H);
-    ``gates_mm`` multiplies by W_h (D, P, 4H), ``proj_mm`` by W_p (D, H, P). Returns out
+    ``gates_mm`` multiplies by W_h (D, P, 4H), ``proj_mm`` by W_p (D, H, P) (None: W_p is the
+    identity, H == P, and nothing is multiplied). Returns out
     (D, T, B, P), h (D, B, P) and c (D, B, H). With ``save``, also returns the gate
     activations (D, T, B, 4H) and clipped cells (D, T, B, H) for the backward pass and, with
     zoneout, the step's own output h~ (D, T, B, P) and the zoned cells (D, T, B, H).
@@ -345,7 +351,8 @@ def _recurrence(x_proj, h0, c0, gates_mm, proj_mm, batch_sizes, cell_clip, proj_
             c_r.clamp_(-cell_clip, cell_clip)
         if save:
             cells_all[:, t, :r] = c_r
-        h_r = proj_mm((o * torch.tanh(c_r)).to(mm_dt))  # (D, r, P)
+        m_r = o * torch.tanh(c_r)  # (D, r, H)
+        h_r = m_r if proj_mm is None else proj_mm(m_r.to(mm_dt))  # (D, r, P)
         if proj_clip is not None:
             h_r.clamp_(-proj_clip, proj_clip)
         if reg.zone is not None:  # zoneout: s_t = lerp(s~_t, s_{t-1}, w_t)
@@ -387,7 +394,8 @@ class _LstmRecurrence(torch.autograd.Function):
         # window). oneDNN's packing pays for itself within a window; MKL's did not, so it is not
         # used here (the plain product runs instead).
         pack = gemm == "onednn"
-        products = (Products(w_h, B, gemm, pack=pack), Products(w_p, B, gemm, pack=pack))
+        products = (Products(w_h, B, gemm, pack=pack),
+                    None if w_p is None else Products(w_p, B, gemm, pack=pack))
         out, h, c, (gates, cells, own, kept) = _recurrence(
             x_proj, h0, c0, *products, batch_sizes, cell_clip, proj_clip, save=True, reg=reg)
         ctx.save_for_backward(h0, c0, w_h, w_p, out, gates, cells, own, kept)
@@ -410,13 +418,14 @@ class _LstmRecurrence(torch.autograd.Function):
         dc = g_c.to(dt).clone() if g_c is not None else c0.new_zeros((D, B, H))
         g_out = g_out.to(dt) if g_out is not None else out.new_zeros(out.shape)
         d_gates = gates.new_empty((D, T, B, H4))
-        d_h_all = out.new_empty((D, T, B, P))  # gradient at each step's (pre-clip) projection
-        _zero_finished_rows(bs, d_gates, d_h_all)
+        # The gradient at each step's (pre-clip) projection, for W_p's gradient (if W_p trains).
+        d_h_all = out.new_empty((D, T, B, P)) if w_p is not None else None
+        _zero_finished_rows(bs, *(buf for buf in (d_gates, d_h_all) if buf is not None))
         # d_h W_p^T and d_gates W_h^T against transposed views (oneDNN takes them as they are,
         # in its (N, K) layout); a contiguous copy of W_h^T for MKL would cost more than it saves
         # over the ~20 steps of a window. Nothing here is packed for a fixed row count, so each
         # step multiplies only the n running rows.
-        proj_t = Products(w_p.transpose(1, 2), B, ctx.gemm, pack=False)
+        proj_t = None if w_p is None else Products(w_p.transpose(1, 2), B, ctx.gemm, pack=False)
         gates_t = Products(w_h.transpose(1, 2), B, ctx.gemm, pack=False)
         for t in reversed(range(T)):
             n = bs[t]
@@ -428,8 +437,9 @@ class _LstmRecurrence(torch.autograd.Function):
             d_hr = d_out if reg.zone is None else d_out * (1 - z_h)  # at the step's own h~_t
             if proj_clip is not None:
                 d_hr = d_hr * (own[:, t, :n].abs() < proj_clip)
-            d_h_all[:, t, :n] = d_hr
-            dm = proj_t(d_hr)  # (D, n, H)
+            if d_h_all is not None:
+                d_h_all[:, t, :n] = d_hr
+            dm = d_hr if proj_t is None else proj_t(d_hr)  # (D, n, H)
             act = gates[:, t, :n]
             i, f, o, g = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
             c_t = cells[:, t, :n]
@@ -462,7 +472,9 @@ class _LstmRecurrence(torch.autograd.Function):
             h_prev = h_prev * reg.state.unsqueeze(1)
         d_w_h = torch.bmm(h_prev.reshape(D, T * B, P).transpose(1, 2),
                           d_gates.reshape(D, T * B, H4))  # (D, P, 4H)
-        m_all = gates[..., 2 * H : 3 * H] * torch.tanh(cells)  # (D, T, B, H)
-        d_w_p = torch.bmm(m_all.reshape(D, T * B, H).transpose(1, 2),
-                          d_h_all.reshape(D, T * B, P))  # (D, H, P)
+        d_w_p = None
+        if w_p is not None:
+            m_all = gates[..., 2 * H : 3 * H] * torch.tanh(cells)  # (D, T, B, H)
+            d_w_p = torch.bmm(m_all.reshape(D, T * B, H).transpose(1, 2),
+                              d_h_all.reshape(D, T * B, P))  # (D, H, P)
         return d_gates.to(ctx.x_dtype), dh, dc, d_w_h, d_w_p, None, None, None, None, None

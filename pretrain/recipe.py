@@ -84,6 +84,7 @@ def fix_identity_projection(bilm: ElmoBiLM) -> int:
                              f"has {None if w is None else tuple(w.shape)}")
         w.copy_(torch.eye(w.shape[0], dtype=w.dtype, device=w.device))
         w.requires_grad_(False)
+        layer.projection_is_identity = True  # the recurrence skips the product
         frozen += w.numel()
     return frozen
 

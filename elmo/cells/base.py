@@ -70,6 +70,9 @@ class RecurrentLayer(nn.Module):
         self.recurrent_dropout_kind, self.recurrent_dropout = recurrent_dropout_kind, recurrent_dropout
         self.state_sizes = tuple(state_sizes)
         self.n_zoned = len(self.state_sizes) if n_zoned is None else n_zoned
+        # Set by whoever fixes a square W_p at the identity and freezes it (Kim et al.'s plain
+        # LSTM, pretrain.recipe.fix_identity_projection): the product is then skipped.
+        self.projection_is_identity = False
         # The state every row starts from unless given one: zeros, or a fixed "warm" state stored
         # with the model (ElmoBiLM.set_warm_state). Saved in the state_dict.
         for state_name, size in zip(self.state_names, self.state_sizes):
@@ -110,7 +113,14 @@ class RecurrentLayer(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., P): the output projection (no bias, so zero stays zero), clipped."""
+        if self.skips_projection:
+            return self.clip_output(h.to(self.state_dtype))
         return self.clip_output(self.linear(h, self.projection_weight))
+
+    @property
+    def skips_projection(self) -> bool:
+        """Whether W_p is the frozen identity (``projection_is_identity`` and no gradient)."""
+        return self.projection_is_identity and not self.projection_weight.requires_grad
 
     # -- state ------------------------------------------------------------------------------------
     def initial_state(self, batch: int) -> tuple:

@@ -279,3 +279,56 @@ def test_cuda_fused_loop_equals_the_cpu_one(kind):
     assert _max_diff([t.cpu() for t in gpu], cpu) <= 1e-10
     gpu_grads = _grads(gpu, (xg, hg, cg, *gpu_layer.parameters()))
     assert _max_diff([g.cpu() for g in gpu_grads], cpu_grads) <= 1e-10
+
+
+@pytest.mark.parametrize("kind", (None,) + KINDS)
+def test_a_frozen_identity_projection_is_skipped_with_the_same_function(kind, fused_calls, monkeypatch):
+    """W_p fixed at the identity and frozen (Kim et al.'s plain LSTM): the fused loop, its
+    backward and the stepped loop skip the product and compute what multiplying by it computes."""
+    torch.manual_seed(3)
+    layer = Lstm(IN, H, H, cell_clip=ACTIVE_CLIPS[0], recurrent_dropout_kind=kind,
+                 recurrent_dropout=0.4).double().train()
+    with torch.no_grad():
+        layer.input_bias.uniform_(-0.5, 0.5)
+        layer.projection_weight.copy_(torch.eye(H, dtype=torch.float64))
+    layer.projection_weight.requires_grad_(False)
+    built = []
+    real = kernels.Products
+
+    def counting(weights, *args, **kwargs):
+        built.append(tuple(weights.shape) if isinstance(weights, torch.Tensor) else len(weights))
+        return real(weights, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "Products", counting)
+    g = torch.Generator().manual_seed(4)
+    B = len(LENGTHS)
+    x = torch.randn(max(LENGTHS), B, IN, generator=g, dtype=torch.float64).requires_grad_()
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64).requires_grad_()
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64).requires_grad_()
+    bs = batch_sizes_from_lengths(LENGTHS)
+    masks = layer.sample_masks(x.shape[0], x.shape[1])
+    inputs = (x, h0, c0, layer.input_weight, layer.state_weight, layer.input_bias)
+    results = {}
+    for skip in (False, True):
+        layer.projection_is_identity = skip
+        assert layer.skips_projection == skip
+        built.clear()
+        fused = _flat(layer(x, bs, (h0, c0), masks=masks))
+        grads = _grads(fused, inputs)
+        # forward and backward: W_h and W_p products (2 + 2), or W_h's alone (1 + 1)
+        assert len(built) == (2 if skip else 4), built
+        stepped = _flat(SteppedLayer.forward(layer, x, bs, (h0, c0), masks))
+        with torch.no_grad():
+            layer.eval()
+            inference = _flat(layer(x, bs, (h0, c0)))
+            layer.train()
+        results[skip] = (fused, grads, stepped, inference)
+    assert len(fused_calls) == 4  # the fused loop ran, with and without the skip
+    for multiplied, skipped in zip(results[False], results[True]):
+        assert _max_diff(multiplied, skipped) < 1e-12
+    assert _max_diff(results[True][0], results[True][2]) < 1e-12  # fused = stepped
+    assert (results[True][0][0].abs() > 0).any() and (results[True][1][0].abs() > 0).any()
+    # A trainable W_p is multiplied (and learns) even with the flag set.
+    layer.projection_is_identity = True
+    layer.projection_weight.requires_grad_(True)
+    assert not layer.skips_projection
