@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Optional
 
 from elmo.io import atomic_path
@@ -59,7 +60,10 @@ def plot_curves(metrics_path: str, out_path: str, unigram_ppl: Optional[float] =
     if held:
         x = [r["tokens"] for r in held]
         ax2.plot(x, [r["heldout_forward_ppl"] for r in held], "o-", label="forward LM")
-        ax2.plot(x, [r["heldout_backward_ppl"] for r in held], "s-", label="backward LM")
+        backward = [(t, r.get("heldout_backward_ppl")) for t, r in zip(x, held)]
+        backward = [(t, p) for t, p in backward if p is not None and math.isfinite(p)]
+        if backward:  # none when only the forward LM was trained
+            ax2.plot(*zip(*backward), "s-", label="backward LM")
     if unigram_ppl is not None:
         ax2.axhline(unigram_ppl, color="gray", linestyle="--", label="unigram baseline")
     ax2.set_yscale("log")

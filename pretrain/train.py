@@ -172,9 +172,13 @@ class MetricsLog:
                 f.writelines(keep)
 
     def write(self, record: dict) -> None:
+        """One line of strict JSON: a float that is not finite (the perplexity of a direction
+        that was not trained) is written as null."""
         if self.path:
+            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in record.items()}
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 class Trainer:

@@ -161,6 +161,18 @@ def test_a_forward_only_training_reports_no_backward_perplexity(tmp_path, capsys
     assert "NaN" not in text
     held_out = json.loads(text)["heldout"]
     assert held_out["backward_perplexity"] is None and held_out["forward_perplexity"] > 1.0
+    # metrics.jsonl too: strict JSON lines (a parser that refuses NaN reads them), null backward
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line, parse_constant=refuse) for line in f]
+    evals = [r for r in records if "heldout_forward_ppl" in r]
+    assert evals and all(r["heldout_backward_ppl"] is None and r["heldout_forward_ppl"] > 1.0
+                         for r in evals), evals
+    from pretrain.plot import plot_curves, pyplot
+    if pyplot() is not None:  # the curves of a forward-only run (no backward line to draw)
+        assert plot_curves(str(out / "metrics.jsonl"), str(tmp_path / "curves.png"))
+        assert (tmp_path / "curves.png").stat().st_size > 1000
     # a direction that counted no targets: NaN, not exp(0) = 1
     res = perplexities(torch.tensor([6.0, 0.0], dtype=torch.float64), torch.tensor([3, 0]))
     assert res["forward_ppl"] == pytest.approx(math.exp(2.0)) and math.isnan(res["backward_ppl"])
