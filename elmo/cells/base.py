@@ -49,6 +49,9 @@ class RecurrentLayer(nn.Module):
     """
 
     state_names: tuple = ("h",)
+    # Set on a layer by whoever fixes its square W_p at the identity and freezes it (Kim et al.'s
+    # plain LSTM, pretrain.recipe.fix_identity_projection): the product is then skipped.
+    projection_is_identity: bool = False
 
     def __init__(self, input_dim: int, hidden_dim: int, projection_dim: int, state_sizes: Sequence[int],
                  *, recurrent_dim: Optional[int], update_dim: Optional[int], n_zoned: Optional[int] = None,
@@ -70,9 +73,6 @@ class RecurrentLayer(nn.Module):
         self.recurrent_dropout_kind, self.recurrent_dropout = recurrent_dropout_kind, recurrent_dropout
         self.state_sizes = tuple(state_sizes)
         self.n_zoned = len(self.state_sizes) if n_zoned is None else n_zoned
-        # Set by whoever fixes a square W_p at the identity and freezes it (Kim et al.'s plain
-        # LSTM, pretrain.recipe.fix_identity_projection): the product is then skipped.
-        self.projection_is_identity = False
         # The state every row starts from unless given one: zeros, or a fixed "warm" state stored
         # with the model (ElmoBiLM.set_warm_state). Saved in the state_dict.
         for state_name, size in zip(self.state_names, self.state_sizes):
