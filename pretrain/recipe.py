@@ -89,6 +89,16 @@ def fix_identity_projection(bilm: ElmoBiLM) -> int:
     return frozen
 
 
+def apply_recipe(lm: nn.Module, optim, initialise: bool = True) -> None:
+    """What ``optim`` (an ``OptimConfig``) asks of a freshly built LM: every parameter ~ U(-r, r)
+    (``init_range``; skipped when ``initialise`` is False, e.g. for weights loaded from a model)
+    and the LSTM projections frozen at the identity (``identity_projection``)."""
+    if initialise and optim.init_range is not None:
+        init_uniform(lm, optim.init_range)
+    if optim.identity_projection:
+        fix_identity_projection(lm.bilm)
+
+
 def count_parameters(model: nn.Module, directions: str = "both") -> int:
     """Trainable parameters that take part in the given directions' computation."""
     unused = {"both": (), "forward": (model.bilm.bilm.backward_layers,),

@@ -23,7 +23,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.batches import SentenceBatcher, WindowBatcher, eval_batches
 from pretrain.config import PretrainConfig
 from pretrain.corpus import EncodedCorpus, StreamingCorpus, check_heldout, load_corpus
-from pretrain.recipe import count_parameters, fix_identity_projection, init_uniform
+from pretrain.recipe import apply_recipe, count_parameters
 from pretrain.distributed import DistInfo, barrier, broadcast_object, setup
 from pretrain.evaluate import StreamEvaluator
 from pretrain.export import VOCAB_NAME, load_init, save_model_dir, transfer_softmax
@@ -195,10 +195,7 @@ def run(config: PretrainConfig, train: Sequence[str], out_dir: str,
     torch.manual_seed(tc.seed)  # the same initial weights on every process
     lm = BidirectionalLM(config.model, len(vocab), config.softmax, dedup=tc.dedup_tokens,
                          bilm=init_model.bilm if init_model else None)
-    if config.optim.init_range is not None and init_model is None:
-        init_uniform(lm, config.optim.init_range)
-    if config.optim.identity_projection:
-        fix_identity_projection(lm.bilm)
+    apply_recipe(lm, config.optim, initialise=init_model is None)
     logger.info("model: %s trainable parameters in the %s LM%s", f"{count_parameters(lm, tc.directions):,}",
                 "forward" if tc.directions == "forward" else "bidirectional",
                 " (LSTM projections fixed at the identity)" if config.optim.identity_projection else "")

@@ -26,7 +26,7 @@ from pretrain.config import PTB_PRESETS, pretrain_preset
 from pretrain.corpus import load_corpus
 from pretrain.distributed import DistInfo
 from pretrain.lm import BidirectionalLM
-from pretrain.recipe import fix_identity_projection, init_uniform
+from pretrain.recipe import apply_recipe
 from pretrain.train import Trainer
 from pretrain.vocab import Vocabulary, WordTable
 
@@ -57,10 +57,7 @@ def main(argv=None) -> int:
         config = base.with_override(f"train.precision={precision}")
         torch.manual_seed(config.train.seed)
         lm = BidirectionalLM(config.model, len(vocab), config.softmax)
-        if config.optim.init_range is not None:  # the recipe, as pretrain.run applies it
-            init_uniform(lm, config.optim.init_range)
-        if config.optim.identity_projection:
-            fix_identity_projection(lm.bilm)
+        apply_recipe(lm, config.optim)  # as pretrain.run builds it
         batcher = WindowBatcher(corpus, table, d.batch_size, d.window, 0, contiguous=True)
         trainer = Trainer(lm, batcher, config, 10**6, info=DistInfo(device=torch.device("cpu")))
         for _ in range(3):
